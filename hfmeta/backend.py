@@ -1,0 +1,92 @@
+"""Array-module dispatch: one code path for NumPy (CPU) and CuPy (GPU).
+
+Every numeric function in hfmeta takes its array module from its inputs::
+
+    xp = get_array_module(x)      # numpy or cupy
+    y = xp.maximum(x, 0)
+
+and never imports CuPy itself.  CuPy is optional: importing hfmeta without it
+works, and asking for the GPU without it raises :class:`BackendError` with a
+one-line message (the CLI turns it into a clean exit).
+
+Weights are initialised on the host with a seeded ``numpy.random.Generator``
+and then moved with :func:`to_device`, so CPU and GPU runs start from
+identical numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # CuPy is an optional extra: ``pip install -e .[gpu]``
+    import cupy as _cupy
+except Exception:  # ImportError, or a broken CUDA install
+    _cupy = None
+
+DEVICES = ("cpu", "gpu")
+
+
+class BackendError(RuntimeError):
+    """A device was asked for that this machine cannot provide."""
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def xp_for(device: str):
+    """The array module for a device name (``"cpu"`` or ``"gpu"``)."""
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        if not cupy_available():
+            raise BackendError(
+                "--device gpu needs CuPy and a CUDA device "
+                "(pip install -e .[gpu]); none was found")
+        return _cupy
+    raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+
+
+def device_of(x) -> str:
+    """``"gpu"`` for a CuPy array, ``"cpu"`` otherwise."""
+    return "gpu" if get_array_module(x) is not np else "cpu"
+
+
+def to_device(x, device: str):
+    """Copy a host or device array onto ``device`` (no copy if already there)."""
+    xp = xp_for(device)
+    if xp is np:
+        return asnumpy(x)
+    return xp.asarray(x)
+
+
+def asnumpy(x):
+    """A NumPy copy (or view) of ``x`` on the host, whatever its device."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_float(x) -> float:
+    """A Python float from a 0-d array; on CuPy this is a host sync."""
+    return float(x)
+
+
+def check_dtype(dtype) -> np.dtype:
+    """Accept ``"float32"``/``"float64"`` (or the NumPy types) and nothing else."""
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt

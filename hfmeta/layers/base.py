@@ -1,0 +1,103 @@
+"""The layer protocol: forward, R-op and backward, written out by hand.
+
+A layer is a small stateless object that holds hyper-parameters only (kernel
+size, stride, ...).  Parameters, running state and caches are passed in and
+out explicitly, so one layer object can be evaluated at many points::
+
+    out_shape     = layer.build(in_shape)          # shapes without the batch axis
+    y, cache      = layer.forward(p, x, train, state)
+    dy            = layer.rop(p, cache, dp, dx)    # J_p dp + J_x dx  (Pearlmutter's R{.})
+    dx            = layer.backward(p, cache, dy, dp_out, need_dx)   # J^T dy
+    ddx           = layer.backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
+                                                   # R{backward}: exact Hessian products
+
+* ``p`` maps the layer's *local* parameter names (``"weight"``, ``"bias"``,
+  ``"gamma"``, ``"beta"``; composites use dotted names ``"conv1.weight"``) to
+  views of the flat parameter vector.
+* ``rop`` reuses the forward cache (im2col columns, masks, normalised
+  activations), so it costs about one forward.  ``dp`` is a dict of direction
+  views or ``None``; ``dx`` may be ``None`` meaning a zero input direction.
+  It returns ``None`` when both are zero.
+* ``backward`` **overwrites** the parameter cotangents in ``dp_out`` (views of
+  a flat gradient vector) and returns the input cotangent, or ``None`` when
+  ``need_dx`` is false (the first layer never needs it).
+* ``state`` holds running statistics (batch norm) and is kept apart from the
+  parameters; ``layer.new_state(state, cache, momentum)`` returns the updated
+  running statistics after a train-mode forward.
+
+Conventions follow PyTorch: NCHW activations, conv weight (o, i, kh, kw),
+linear weight (o, i).  Index letters in docstrings: n batch, c channel,
+h/w spatial, o out, i in.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Layer:
+    """Base class: a layer without parameters or state."""
+
+    #: name given by the enclosing container (e.g. ``"conv1"``)
+    name: str = ""
+
+    def build(self, in_shape: tuple) -> tuple:
+        """Fix shapes from the input shape (without batch axis); return the output shape."""
+        self.in_shape = tuple(in_shape)
+        self.out_shape = self.output_shape(self.in_shape)
+        return self.out_shape
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        return in_shape
+
+    # -- parameters and state -------------------------------------------------
+    def param_specs(self) -> list:
+        """``[(local_name, shape, kind), ...]``; valid after :meth:`build`."""
+        return []
+
+    def init_params(self, rng: np.random.Generator) -> dict:
+        """``{local_name: float64 numpy array}`` drawn from ``rng`` (host side)."""
+        return {}
+
+    def state_specs(self) -> list:
+        """``[(local_name, shape, initial_value), ...]`` for running statistics."""
+        return []
+
+    def new_state(self, state: dict, cache, momentum: float) -> dict:
+        """Running statistics after a train-mode forward (default: unchanged)."""
+        return state
+
+    # -- derivatives ----------------------------------------------------------
+    def forward(self, p, x, train: bool, state=None):
+        raise NotImplementedError
+
+    def rop(self, p, cache, dp, dx):
+        raise NotImplementedError
+
+    def backward(self, p, cache, dy, dp_out, need_dx: bool = True):
+        raise NotImplementedError
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx: bool = True):
+        """R-operator of :meth:`backward`, for exact Hessian-vector products.
+
+        ``backward`` maps ``(x, p, dy) -> (x̄, p̄)``.  Along the direction
+        ``(dx, dp, ddy)`` (``dx``, ``dp`` as given to :meth:`rop`, ``ddy`` the
+        R-direction of the output cotangent) this returns ``R{x̄}`` and
+        overwrites ``ddp_out`` with ``R{p̄}``.  Terms: ``Jᵀ ddy`` plus the
+        second-order terms ``∂(Jᵀ dy)/∂x · dx + ∂(Jᵀ dy)/∂p · dp`` (zero for
+        layers that are linear in their input and have no parameters).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no backward_rop")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def he_normal(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
+    """He et al. (2015) initialisation N(0, 2 / fan_in) for ReLU networks."""
+    return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+
+
+def glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int) -> np.ndarray:
+    """Glorot & Bengio (2010) uniform initialisation U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
+    a = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-a, a, size=shape)

@@ -1,0 +1,83 @@
+"""Fully-connected layer  y = x Wᵀ + b.
+
+Shapes: x (n, i), W (o, i), b (o,), y (n, o).
+
+Derivatives (all linear algebra, no approximation):
+
+* R-op:      dy = dx Wᵀ + x dWᵀ + db
+* backward:  dW = dyᵀ x,  db = Σ_n dy,  dx = dy W
+* R{backward} (bilinear in x and W):
+             R{dW} = ddyᵀ x + dyᵀ dx,  R{db} = Σ_n ddy,  R{x̄} = ddy W + dy dW
+"""
+from __future__ import annotations
+
+from .base import Layer, he_normal
+
+
+class Linear(Layer):
+    """Affine map on the last axis; ``bias=False`` drops ``b``."""
+
+    def __init__(self, out_features: int, bias: bool = True):
+        self.out_features = int(out_features)
+        self.bias = bool(bias)
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 1:
+            raise ValueError(f"Linear needs flat inputs (i,), got {in_shape}; add a Flatten")
+        return (self.out_features,)
+
+    def param_specs(self):
+        specs = [("weight", (self.out_features, self.in_shape[0]), "fc.weight")]
+        if self.bias:
+            specs.append(("bias", (self.out_features,), "fc.bias"))
+        return specs
+
+    def init_params(self, rng):
+        p = {"weight": he_normal(rng, (self.out_features, self.in_shape[0]), self.in_shape[0])}
+        if self.bias:
+            p["bias"] = 0.0 * rng.standard_normal(self.out_features)  # zeros, rng kept in step
+        return p
+
+    def forward(self, p, x, train, state=None):
+        y = x @ p["weight"].T
+        if self.bias:
+            y += p["bias"]
+        return y, x
+
+    def rop(self, p, cache, dp, dx):
+        x = cache
+        dy = None
+        if dp is not None:
+            dy = x @ dp["weight"].T
+            if self.bias:
+                dy += dp["bias"]
+        if dx is not None:
+            t = dx @ p["weight"].T
+            dy = t if dy is None else dy + t
+        return dy
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        x = cache
+        dp_out["weight"][...] = dy.T @ x
+        if self.bias:
+            dp_out["bias"][...] = dy.sum(axis=0)
+        return dy @ p["weight"] if need_dx else None
+
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        x = cache
+        ddw = ddy.T @ x
+        if dx is not None:
+            ddw += dy.T @ dx
+        ddp_out["weight"][...] = ddw
+        if self.bias:
+            ddp_out["bias"][...] = ddy.sum(axis=0)
+        if not need_dx:
+            return None
+        ddx = ddy @ p["weight"]
+        if dp is not None:
+            ddx += dy @ dp["weight"]
+        return ddx
+
+    def __repr__(self):
+        return f"Linear({self.out_features}, bias={self.bias})"

@@ -1,0 +1,124 @@
+"""A network with a flat parameter vector, and its Linearization at a point.
+
+::
+
+    model = hfmeta.models.build("convnet", in_shape=(3, 32, 32), classes=10)
+    w     = model.init(seed=0)                  # flat vector, layout order
+    lin   = model.linearize(w, x, train=True)   # forward at (w, x); caches kept
+    lin.output                                  # logits z, shape (n, classes)
+    lin.rop(v)                                  # J v        (n, classes)
+    lin.backward(dz)                            # Jᵀ dz      flat, like w
+
+The Gauss-Newton product (Schraudolph 2002; Martens 2010) is then
+``lin.backward(loss.hvp(z, y, lin.rop(v)))``.
+
+A :class:`Linearization` is the network frozen at one point ``(w, x)``: it
+owns the caches, so no stale cache can leak between points.  Batch-norm
+running statistics live in a separate ``state`` dict; a train-mode
+linearization offers ``lin.new_state(momentum)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .layers.container import Sequential
+from .params import ParamLayout
+
+
+class Model:
+    """A :class:`Sequential` network bound to an input shape, class count and dtype.
+
+    Parameters
+    ----------
+    net : Sequential
+    in_shape : tuple   input shape without the batch axis, e.g. (3, 32, 32)
+    classes : int      number of outputs
+    dtype : "float32" (training default) or "float64" (derivative checks)
+    device : "cpu" or "gpu"
+    name : str         zoo name, recorded in checkpoints
+    """
+
+    def __init__(self, net: Sequential, in_shape, classes, dtype="float32",
+                 device="cpu", name="custom", config=None):
+        self.net = net
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.classes = int(classes)
+        self.dtype = backend.check_dtype(dtype)
+        self.device = device
+        self.xp = backend.xp_for(device)
+        self.name = name
+        self.config = dict(config or {})
+        out = net.build(self.in_shape)
+        if out != (self.classes,):
+            raise ValueError(f"{name}: network output shape {out} != ({self.classes},)")
+        owners = net.layer_of_param()
+        self.layout = ParamLayout((n, s, k, owners[n]) for n, s, k in net.param_specs())
+        self._state_specs = net.state_specs()
+
+    # -- construction ----------------------------------------------------------
+    def init(self, seed: int = 0):
+        """Flat initial parameters drawn on the host from ``numpy.random.default_rng(seed)``."""
+        rng = np.random.default_rng(seed)
+        tensors = self.net.init_params(rng)
+        w = self.layout.flatten(tensors, np, np.float64).astype(self.dtype)
+        return backend.to_device(w, self.device)
+
+    def init_state(self) -> dict:
+        """Initial running statistics ``{name: array}`` (empty without batch norm)."""
+        xp = self.xp
+        return {n: xp.full(s, v, dtype=self.dtype) for n, s, v in self._state_specs}
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.size
+
+    # -- evaluation --------------------------------------------------------------
+    def linearize(self, w, x, train: bool = True, state=None) -> "Linearization":
+        """Run the forward pass at ``(w, x)`` and keep what the derivatives need."""
+        if x.ndim != len(self.in_shape) + 1 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"{self.name} expects inputs (n, {', '.join(map(str, self.in_shape))}), "
+                             f"got {tuple(x.shape)}")
+        if not train and self._state_specs and state is None:
+            raise ValueError("eval mode needs the batch-norm running statistics (state)")
+        return Linearization(self, w, x, train, state)
+
+    def forward(self, w, x, train: bool = False, state=None):
+        """Logits only (no caches kept beyond the call)."""
+        return self.linearize(w, x, train, state).output
+
+    def __repr__(self):
+        return f"Model({self.name}, in={self.in_shape}, classes={self.classes}, params={self.num_params})"
+
+
+class Linearization:
+    """The network frozen at ``(w, x)``: output, Jacobian products, state update."""
+
+    def __init__(self, model: Model, w, x, train: bool, state):
+        self.model = model
+        self.w = w
+        self.x = x
+        self.train = train
+        self.p = model.layout.views(w)
+        self.output, self.cache = model.net.forward(self.p, x, train, state)
+
+    def rop(self, v):
+        """``J v``: the output direction for a flat parameter direction ``v``."""
+        dz = self.model.net.rop(self.p, self.cache, self.model.layout.views(v), None)
+        if dz is None:
+            dz = self.output * 0
+        return dz
+
+    def backward(self, dz, out=None):
+        """``Jᵀ dz`` as a flat vector (written into ``out`` if given)."""
+        xp = backend.get_array_module(dz)
+        if out is None:
+            out = xp.empty(self.model.layout.size, dtype=self.w.dtype)
+        self.model.net.backward(self.p, self.cache, dz, self.model.layout.views(out), False)
+        return out
+
+    def new_state(self, state: dict, momentum: float = 0.1) -> dict:
+        """Running statistics after this train-mode forward (PyTorch's momentum convention)."""
+        if not self.train:
+            return state
+        return self.model.net.new_state(state, self.cache, momentum)
