@@ -88,6 +88,34 @@ class Layer:
         """
         raise NotImplementedError(f"{type(self).__name__} has no backward_rop")
 
+    # -- diagonal curvature hooks -------------------------------------------
+    def sq_grad(self, p, cache, dy, sq_out):
+        """Add ``Σ_i (∂⟨dy_i, y_i⟩/∂p)²`` -- squared *per-example* parameter
+        gradients, summed over the batch -- into ``sq_out`` (views, ``+=``).
+
+        Back-propagating each column of the loss-Hessian factor ``S`` and
+        calling this at every parameterised layer gives the exact diagonal of
+        the Gauss-Newton matrix (BackPACK's DiagGGN).  For convolutions the
+        per-example gradient sums over spatial positions *before* squaring.
+        Layers that couple examples (batch norm in train mode) raise
+        ``NotImplementedError``; the caller then falls back to one backward
+        pass per output coordinate.
+        """
+        if self.param_specs():
+            raise NotImplementedError(f"{type(self).__name__} has no sq_grad")
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        """Becker & LeCun (1988) one-pass diagonal second derivatives.
+
+        ``d2y`` (shape of y) approximates ``∂²E/∂y²`` elementwise; return
+        ``∂²E/∂x²`` and overwrite ``d2p_out`` with ``∂²E/∂p²`` computed with
+        squared weights going backward and cross terms dropped:
+        for ``y = W x + b``: ``d2x = (W²)ᵀ d2y``, ``d2W = Σ_n d2y x²ᵀ``,
+        ``d2b = Σ_n d2y``.  Piecewise-linear layers (ReLU, max-pool) pass
+        ``d2y`` through their mask (their own second derivative is zero).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no backward_diag")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -1,0 +1,74 @@
+"""The ``hfmeta`` command line (Click).  Thin commands over the library.
+
+Each command lives in its own module of this package and exposes a Click
+object named ``command``; :data:`COMMANDS` lists the modules in help order.
+Errors a user can cause end with one line on stderr and a non-zero exit code,
+never a traceback (see :func:`main`).
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from hfmeta import __version__
+from hfmeta.backend import BackendError
+from hfmeta.errors import UserError
+
+class CleanError(click.ClickException):
+    """A user error shown as one line: ``hfmeta: error: <message>``."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None):
+        click.echo(f"hfmeta: error: {self.format_message()}", err=True)
+
+
+class Group(click.Group):
+    """Click group that turns errors a user can cause into :class:`CleanError`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (UserError, BackendError) as e:
+            raise CleanError(str(e), getattr(e, "exit_code", 1)) from None
+        except (OSError, ValueError) as e:
+            # missing/corrupt files (h5py raises OSError), bad shapes or names
+            raise CleanError(str(e) or type(e).__name__, 1) from None
+
+
+COMMANDS = ("train", "meta_train", "compare", "plot", "gradcheck", "bench", "data", "info")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="NumPy on the CPU or CuPy on the GPU.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True, help="Floating-point type of weights and activations.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, shuffling, sampling.")
+@click.option("-v", "--verbose", count=True, help="More output (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the final summary and errors.")
+@click.version_option(__version__, prog_name="hfmeta")
+@click.pass_context
+def cli(ctx, device, dtype, seed, verbose, quiet):
+    """hfmeta: learned second-order optimizers (MLHF, SLSTM) with hand-written derivatives."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(device=device, dtype=dtype, seed=seed,
+                   verbosity=-1 if quiet else verbose)
+
+
+for _name in COMMANDS:
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _e:  # a command not written yet
+        if _e.name == f"{__name__}.{_name}":
+            continue
+        raise
+    cli.add_command(_mod.command)
+
+
+def main(argv=None):
+    """Console entry point (``hfmeta = hfmeta.cli:main``)."""
+    cli.main(args=argv, prog_name="hfmeta")

@@ -1,0 +1,3 @@
+from hfmeta.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""A training problem: model + loss, evaluated at flat parameter vectors.
+
+Every optimizer, hand-crafted or learned, sees the network only through a
+:class:`Problem`::
+
+    problem = Problem(model, SoftmaxCrossEntropy())
+    f       = problem.loss(w, batch)                  # 0-d array
+    f, g, lin = problem.loss_and_grad(w, batch)       # value, flat gradient, Linearization
+    Gv      = problem.gvp(lin, v)                     # Gauss-Newton product at lin's point
+
+A batch is ``(x, y)`` on the model's device.  Batch-norm running statistics
+(``problem.state``) are *not* touched by these calls, so line searches and
+meta-training may evaluate many points; the training loop calls
+``problem.commit_state(lin)`` once per step with the linearization of the
+step's gradient.
+"""
+from __future__ import annotations
+
+from .losses import SoftmaxCrossEntropy
+
+
+class Problem:
+    def __init__(self, model, loss=None, bn_momentum: float = 0.1):
+        self.model = model
+        self.loss_fn = loss if loss is not None else SoftmaxCrossEntropy()
+        self.state = model.init_state()
+        self.bn_momentum = bn_momentum
+
+    @property
+    def xp(self):
+        return self.model.xp
+
+    def linearize(self, w, batch, train: bool = True):
+        x, _ = batch
+        return self.model.linearize(w, x, train, None if train else self.state)
+
+    def loss(self, w, batch, train: bool = True):
+        """Mean loss at ``w`` (train mode: batch statistics)."""
+        return self.loss_fn.value(self.linearize(w, batch, train).output, batch[1])
+
+    def loss_and_grad(self, w, batch):
+        """``(loss, gradient, lin)`` at ``w`` in train mode."""
+        lin = self.linearize(w, batch, True)
+        value, dz = self.loss_fn.value_and_grad(lin.output, batch[1])
+        return value, lin.backward(dz), lin
+
+    def gvp(self, lin, v, damping=None):
+        """Gauss-Newton product ``G v = Jᵀ H_l J v`` (+ ``damping ⊙ v`` or ``damping · v``)."""
+        y = None  # the loss Hessian of cross-entropy/MSE does not depend on the labels
+        out = lin.backward(self.loss_fn.hvp(lin.output, y, lin.rop(v)))
+        if damping is not None:
+            out += damping * v
+        return out
+
+    def commit_state(self, lin):
+        """Fold a train-mode forward's batch statistics into the running statistics."""
+        self.state = lin.new_state(self.state, self.bn_momentum)
+
+    def evaluate(self, w, x, y, batch_size: int = 500):
+        """``(mean loss, accuracy)`` in eval mode over ``(x, y)``, in chunks."""
+        total, correct, n = 0.0, 0.0, x.shape[0]
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            z = self.model.forward(w, xb, False, self.state)
+            total += float(self.loss_fn.value(z, yb)) * xb.shape[0]
+            correct += float((z.argmax(axis=1) == yb).sum())
+        return total / n, correct / n
