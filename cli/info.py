@@ -1,0 +1,44 @@
+"""``hfmeta info``: backend, device, versions, and the model zoo."""
+from __future__ import annotations
+
+import platform
+
+import click
+
+
+@click.command("info")
+@click.option("--model", "model_name", default=None, help="Also print this zoo model's parameter layout.")
+@click.option("--in-shape", default="3,32,32", show_default=True, help="Input shape c,h,w for --model.")
+@click.option("--classes", default=10, show_default=True)
+@click.pass_context
+def command(ctx, model_name, in_shape, classes):
+    """Print versions, the array backend and device, and the zoo's parameter counts."""
+    import h5py
+    import numpy as np
+
+    from hfmeta import __version__, backend
+    from hfmeta.models import ZOO, build
+
+    click.echo(f"hfmeta {__version__}  python {platform.python_version()}  numpy {np.__version__}  "
+               f"h5py {h5py.__version__}  click {click.__version__}")
+    if backend.cupy_available():
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        click.echo(f"cupy {cupy.__version__}  gpu: {props['name'].decode()}")
+    else:
+        click.echo("cupy: not available (CPU only)")
+    cfg = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
+    blas = cfg.get("Build Dependencies", {}).get("blas", {}).get("name", "?") if isinstance(cfg, dict) else "?"
+    click.echo(f"device: {ctx.obj['device']}  dtype: {ctx.obj['dtype']}  BLAS: {blas}")
+    shape = tuple(int(s) for s in in_shape.split(","))
+    if model_name:
+        model = build(model_name, shape, classes, dtype=ctx.obj["dtype"])
+        click.echo(model.layout.describe())
+        return
+    click.echo(f"model zoo on inputs {shape}, {classes} classes:")
+    for name in ZOO:
+        try:
+            n = build(name, shape, classes).num_params
+            click.echo(f"  {name:12s} {n:>12,d} parameters")
+        except Exception as e:  # a model that does not fit these inputs
+            click.echo(f"  {name:12s} (does not fit: {e})")

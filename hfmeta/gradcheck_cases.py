@@ -1,0 +1,92 @@
+"""The catalogue of derivative checks behind ``hfmeta gradcheck``.
+
+Every layer (with stride/padding variants, batch norm in train and eval mode)
+and every zoo model (small inputs, float64) gets the rop, backward and adjoint
+checks of :mod:`hfmeta.gradcheck`; layers also get the check of their
+``backward_rop`` (second-order terms for exact Hessian-vector products).
+The test suite runs the same catalogue, so the table a student prints is the
+one CI keeps green.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import gradcheck
+from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d,
+                     PreActBlock, ReLU)
+
+#: (name, layer factory, input shape without batch, train mode)
+LAYER_CASES = [
+    ("linear", lambda: Linear(5), (4,), True),
+    ("linear no bias", lambda: Linear(3, bias=False), (6,), True),
+    ("relu", lambda: ReLU(), (3, 4, 4), True),
+    ("flatten", lambda: Flatten(), (2, 3, 3), True),
+    ("conv 3x3 s1 p1", lambda: Conv2d(3, 3, stride=1, padding=1), (2, 6, 6), True),
+    ("conv 3x3 s2 p1", lambda: Conv2d(3, 3, stride=2, padding=1), (2, 7, 7), True),
+    ("conv 5x5 same", lambda: Conv2d(2, 5, padding="same"), (3, 6, 6), True),
+    ("conv 3x3 s2 p0 no bias", lambda: Conv2d(3, 3, stride=2, bias=False), (2, 7, 7), True),
+    ("conv 1x1 s2 no bias", lambda: Conv2d(4, 1, stride=2, bias=False), (3, 6, 6), True),
+    ("maxpool 2/2", lambda: MaxPool2d(2, 2), (2, 6, 6), True),
+    ("maxpool 3/2 p1", lambda: MaxPool2d(3, 2, padding=1), (2, 7, 7), True),
+    ("avgpool 2/2", lambda: AvgPool2d(2, 2), (2, 6, 6), True),
+    ("avgpool 3/1 p1", lambda: AvgPool2d(3, 1, padding=1), (2, 5, 5), True),
+    ("global avgpool", lambda: GlobalAvgPool(), (3, 4, 4), True),
+    ("batchnorm fc train", lambda: BatchNorm(), (5,), True),
+    ("batchnorm fc eval", lambda: BatchNorm(), (5,), False),
+    ("batchnorm conv train", lambda: BatchNorm(), (3, 4, 4), True),
+    ("batchnorm conv eval", lambda: BatchNorm(), (3, 4, 4), False),
+    ("preact block identity train", lambda: PreActBlock(2), (2, 5, 5), True),
+    ("preact block s2 proj train", lambda: PreActBlock(3, stride=2), (2, 6, 6), True),
+    ("preact block proj eval", lambda: PreActBlock(3, projection=True), (2, 5, 5), False),
+]
+
+#: (zoo name, input shape, classes, build options, train mode) -- small but complete
+MODEL_CASES = [
+    ("mlp", (1, 6, 6), 4, {"hidden": (8, 6)}, True),
+    ("cnn-small", (1, 8, 8), 4, {"channels": 3}, True),
+    ("cnn-big", (1, 8, 8), 4, {"channels": (2, 3, 4), "hidden": 5}, True),
+    ("convnet", (3, 8, 8), 4, {"width": 1 / 16}, True),
+    ("resnet-mini", (3, 8, 8), 4, {"width": 0.25}, True),
+    ("resnet-mini", (3, 8, 8), 4, {"width": 0.25}, False),
+    ("resnet18v2", (3, 8, 8), 4, {"width": 1 / 16}, True),
+]
+
+
+def check_layer_case(name, factory, in_shape, train, batch=3):
+    """rop, backward, adjoint and backward_rop checks of one layer case."""
+    label = f"{name}"
+    results = gradcheck.check_map(label, *gradcheck.layer_map(factory(), in_shape, batch, train))
+    results.append(gradcheck.check_backward_rop(label, factory(), in_shape, batch, train))
+    return results
+
+
+def check_model_case(name, in_shape, classes, options, train, batch=3, max_coords=40):
+    """rop, backward and adjoint checks of a zoo model on the flat vector."""
+    from .models import build
+    model = build(name, in_shape, classes, dtype="float64", **options)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((batch,) + tuple(in_shape))
+    state = None
+    if not train:
+        state = {k: v + (0.3 * rng.random(v.shape) if "var" in k else 0.1 * rng.standard_normal(v.shape))
+                 for k, v in model.init_state().items()}
+    mode = "train" if train else "eval"
+    label = f"model {name} ({model.num_params} p, {mode})"
+    return gradcheck.check_map(label, *gradcheck.model_map(model, x, train, state),
+                               max_coords=max_coords)
+
+
+def run(layers=True, models=True, progress=None):
+    """All catalogue checks; ``progress(label)`` is called before each case."""
+    results = []
+    if layers:
+        for name, factory, in_shape, train in LAYER_CASES:
+            if progress:
+                progress(name)
+            results += check_layer_case(name, factory, in_shape, train)
+    if models:
+        for case in MODEL_CASES:
+            if progress:
+                progress(f"model {case[0]}")
+            results += check_model_case(*case)
+    return results
