@@ -1,0 +1,170 @@
+"""2-d convolution (cross-correlation, as PyTorch) via im2col and one GEMM.
+
+Shapes: x (n, i, h, w), W (o, i, kh, kw), b (o,), y (n, o, ho, wo).  With the
+columns ``X = im2col(x)`` of shape (K, n·L), K = i·kh·kw, L = ho·wo (layout and
+its reasons in :mod:`hfmeta.layers.im2col`) and ``W`` read as an (o, K)
+matrix, the layer is the matrix product
+
+    Y = W X + b 1ᵀ            Y (o, n·L), returned as the NCHW view of y.
+
+Everything below is linear algebra on that product (``colᵀ`` = col2im, the
+adjoint of im2col; ``⋆`` = correlation of an output cotangent with an input):
+
+* R-op (Pearlmutter 1994):  dY = W im2col(dx) + dW X + db 1ᵀ
+  -- the parameter part reuses the cached columns X; only a non-zero input
+  direction dx is unfolded.
+* backward:   dW = dY Xᵀ,  db = dY 1,  dx = colᵀ(Wᵀ dY)
+* R{backward} (bilinear in x and W):
+              R{dW} = ddY Xᵀ + dY im2col(dx)ᵀ,  R{db} = ddY 1,
+              R{x̄}  = colᵀ(Wᵀ ddY + dWᵀ dY)
+* per-example squared gradients (exact diagonal GGN, Dangel et al. 2020):
+              g_n = Σ_l dY[:, n, l] X[:, n, l]ᵀ  (sum over positions first), Σ_n g_n²
+* Becker & LeCun (1988):  d2W = d2Y (X²)ᵀ,  d2b = d2Y 1,  d2x = colᵀ((W²)ᵀ d2Y)
+"""
+from __future__ import annotations
+
+from .base import Layer, he_normal
+from .im2col import col2im, im2col, output_size, pair
+
+
+class Conv2d(Layer):
+    """``Conv2d(o, kernel_size, stride=1, padding=0, bias=True)``.
+
+    ``kernel_size``, ``stride``, ``padding`` are ints or (h, w) pairs;
+    ``padding="same"`` keeps h and w (odd kernels at stride 1 only).
+    """
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+        self.out_channels = int(out_channels)
+        self.kernel = pair(kernel_size)
+        self.stride = pair(stride)
+        if padding == "same":
+            if self.stride != (1, 1) or self.kernel[0] % 2 == 0 or self.kernel[1] % 2 == 0:
+                raise ValueError('padding="same" needs an odd kernel and stride 1, '
+                                 f"got kernel {self.kernel}, stride {self.stride}")
+            padding = (self.kernel[0] // 2, self.kernel[1] // 2)
+        self.padding = pair(padding)
+        self.bias = bool(bias)
+
+    # -- shapes and parameters ------------------------------------------------
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv2d needs inputs (c, h, w), got {in_shape}")
+        c, h, w = in_shape
+        return (self.out_channels,) + output_size(h, w, self.kernel, self.stride, self.padding)
+
+    def weight_shape(self):
+        return (self.out_channels, self.in_shape[0]) + self.kernel
+
+    def param_specs(self):
+        specs = [("weight", self.weight_shape(), "conv.weight")]
+        if self.bias:
+            specs.append(("bias", (self.out_channels,), "conv.bias"))
+        return specs
+
+    def init_params(self, rng):
+        fan_in = self.in_shape[0] * self.kernel[0] * self.kernel[1]
+        p = {"weight": he_normal(rng, self.weight_shape(), fan_in)}
+        if self.bias:
+            p["bias"] = 0.0 * rng.standard_normal(self.out_channels)  # zeros, rng kept in step
+        return p
+
+    # -- the matrix picture ---------------------------------------------------
+    def _cols(self, x):
+        return im2col(x, self.kernel, self.stride, self.padding)
+
+    def _col2im(self, dcols, x_shape):
+        return col2im(dcols, x_shape, self.kernel, self.stride, self.padding)
+
+    def _matrix(self, y):
+        """NCHW (n, o, ho, wo) -> (o, n·L); free when y is a view made by :meth:`_image`."""
+        return y.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
+
+    def _image(self, Y, x_shape):
+        """(o, n·L) -> the NCHW view (n, o, ho, wo)."""
+        n, _, h, w = x_shape
+        out_hw = output_size(h, w, self.kernel, self.stride, self.padding)
+        return Y.reshape((self.out_channels, n) + out_hw).transpose(1, 0, 2, 3)
+
+    def _w(self, p):
+        """The weight of ``p`` as an (o, K) matrix (a view)."""
+        return p["weight"].reshape(self.out_channels, -1)
+
+    def _apply(self, p, cols):
+        """``W X (+ b)`` as an (o, n·L) matrix."""
+        Y = self._w(p) @ cols
+        if self.bias:
+            Y += p["bias"][:, None]
+        return Y
+
+    def _weight_grad(self, dY, cols, out):
+        out[...] = (dY @ cols.T).reshape(out.shape)
+
+    # -- derivatives ----------------------------------------------------------
+    def forward(self, p, x, train, state=None):
+        cols = self._cols(x)
+        return self._image(self._apply(p, cols), x.shape), (cols, x.shape)
+
+    def rop(self, p, cache, dp, dx):
+        cols, x_shape = cache
+        if dp is None and dx is None:
+            return None
+        if dx is None:
+            dY = self._apply(dp, cols)
+        else:
+            dY = self._w(p) @ self._cols(dx)
+            if dp is not None:
+                dY += self._apply(dp, cols)
+        return self._image(dY, x_shape)
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        cols, x_shape = cache
+        dY = self._matrix(dy)
+        self._weight_grad(dY, cols, dp_out["weight"])
+        if self.bias:
+            dp_out["bias"][...] = dY.sum(axis=1)
+        if not need_dx:
+            return None
+        return self._col2im(self._w(p).T @ dY, x_shape)
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        cols, x_shape = cache
+        dY, ddY = self._matrix(dy), self._matrix(ddy)
+        ddW = ddY @ cols.T
+        if dx is not None:
+            ddW += dY @ self._cols(dx).T
+        ddp_out["weight"][...] = ddW.reshape(ddp_out["weight"].shape)
+        if self.bias:
+            ddp_out["bias"][...] = ddY.sum(axis=1)
+        if not need_dx:
+            return None
+        dcols = self._w(p).T @ ddY
+        if dp is not None:
+            dcols += self._w(dp).T @ dY
+        return self._col2im(dcols, x_shape)
+
+    def sq_grad(self, p, cache, dy, sq_out):
+        cols, x_shape = cache
+        n = x_shape[0]
+        dy3 = dy.reshape(n, self.out_channels, -1)                       # (n, o, L)
+        cols3 = cols.reshape(cols.shape[0], n, -1).transpose(1, 2, 0)    # (n, L, K) view
+        g = dy3 @ cols3                                                  # (n, o, K) per example
+        sq_out["weight"] += (g * g).sum(axis=0).reshape(sq_out["weight"].shape)
+        if self.bias:
+            gb = dy3.sum(axis=2)                                         # (n, o)
+            sq_out["bias"] += (gb * gb).sum(axis=0)
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        cols, x_shape = cache
+        d2Y = self._matrix(d2y)
+        self._weight_grad(d2Y, cols * cols, d2p_out["weight"])
+        if self.bias:
+            d2p_out["bias"][...] = d2Y.sum(axis=1)
+        if not need_dx:
+            return None
+        w2 = self._w(p) ** 2
+        return self._col2im(w2.T @ d2Y, x_shape)
+
+    def __repr__(self):
+        return (f"Conv2d({self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias})")
