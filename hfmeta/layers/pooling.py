@@ -1,0 +1,170 @@
+"""Pooling over (h, w): max, average and global average (no parameters).
+
+Shapes: x (n, c, h, w) -> y (n, c, ho, wo), kernel (kh, kw), stride (sh, sw)
+(default: the kernel), padding (ph, pw) at most half the kernel (PyTorch's
+rule, so every window holds at least one real input); ``ho``, ``wo`` as in
+:func:`hfmeta.layers.im2col.output_size` (floor mode).
+
+Each pooled output reads one tap (a, b) of its window per kernel offset, so
+every pass is a loop over the kh·kw offsets with strided slices of the padded
+input (:func:`hfmeta.layers.im2col.windows`); backward passes *add* into
+those slices, which handles overlapping windows without scatter-add.
+
+* MaxPool2d  y = max_k xpad_k (padding -inf).  The winning offset k* of each
+  window is cached; given it the layer is linear, so
+  R-op dy = dx_{k*},  backward dx_{k*} += dy,  R{backward} = backward(ddy),
+  Becker–LeCun d2x_{k*} += d2y (its own second derivative is zero).
+* AvgPool2d  y = Σ_k xpad_k / (kh·kw) (zero padding counted, PyTorch's
+  ``count_include_pad=True``): linear, backward spreads dy / (kh·kw),
+  Becker–LeCun spreads d2y / (kh·kw)².
+* GlobalAvgPool  y = mean_{h,w} x, (n, c, h, w) -> (n, c):
+  backward dy / (h·w), Becker–LeCun d2y / (h·w)².
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .base import Layer
+from .im2col import output_size, pad, pair, unpad, windows
+
+
+class _Pool2d(Layer):
+    """Shared hyper-parameters and shapes of the windowed pools."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel = pair(kernel_size)
+        self.stride = pair(kernel_size if stride is None else stride)
+        self.padding = pair(padding)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ValueError(f"padding {self.padding} must be at most half the kernel {self.kernel}")
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"{type(self).__name__} needs inputs (c, h, w), got {in_shape}")
+        c, h, w = in_shape
+        return (c,) + output_size(h, w, self.kernel, self.stride, self.padding)
+
+    def _out_hw(self, x_shape):
+        return output_size(x_shape[2], x_shape[3], self.kernel, self.stride, self.padding)
+
+    def _windows(self, x_shape):
+        return windows(self.kernel, self.stride, self._out_hw(x_shape))
+
+    def _padded_zeros(self, like, x_shape):
+        xp = get_array_module(like)
+        n, c, h, w = x_shape
+        ph, pw = self.padding
+        return xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=like.dtype)
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        # linear in x (max pool: given its cached argmax) and no parameters
+        return self.backward(p, cache, ddy, ddp_out, need_dx)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(kernel={self.kernel}, stride={self.stride}, padding={self.padding})"
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window; the cache is the winning offset k* (uint8) and x's shape."""
+
+    def forward(self, p, x, train, state=None):
+        xp = get_array_module(x)
+        xpad = pad(x, self.padding, value=-float("inf"))
+        taps = self._windows(x.shape)
+        _, _, _, index = next(taps)
+        y = xpad[index].copy()
+        argmax = xp.zeros(y.shape, dtype=xp.uint8 if self.kernel[0] * self.kernel[1] <= 256 else xp.int32)
+        for k, _, _, index in taps:
+            tap = xpad[index]
+            better = tap > y                 # strict: the first maximal tap wins ties
+            xp.copyto(y, tap, where=better)
+            xp.copyto(argmax, k, where=better)
+        return y, (argmax, x.shape)
+
+    def rop(self, p, cache, dp, dx):
+        if dx is None:
+            return None
+        xp = get_array_module(dx)
+        argmax, x_shape = cache
+        dxpad = pad(dx, self.padding)
+        dy = xp.empty(argmax.shape, dtype=dx.dtype)
+        for k, _, _, index in self._windows(x_shape):
+            xp.copyto(dy, dxpad[index], where=argmax == k)
+        return dy
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        if not need_dx:
+            return None
+        argmax, x_shape = cache
+        dxpad = self._padded_zeros(dy, x_shape)
+        for k, _, _, index in self._windows(x_shape):
+            dxpad[index] += dy * (argmax == k)
+        return unpad(dxpad, self.padding)
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        # the mask is 0/1, so routing d2y is routing with the squared mask
+        return self.backward(p, cache, d2y, d2p_out, need_dx)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window, zero padding included in the count; the cache is x's shape."""
+
+    def _pool(self, x, scale):
+        xpad = pad(x, self.padding)
+        taps = self._windows(x.shape)
+        y = xpad[next(taps)[3]].copy()
+        for _, _, _, index in taps:
+            y += xpad[index]
+        y *= scale
+        return y
+
+    def _spread(self, dy, x_shape, scale):
+        dxpad = self._padded_zeros(dy, x_shape)
+        g = dy * scale
+        for _, _, _, index in self._windows(x_shape):
+            dxpad[index] += g
+        return unpad(dxpad, self.padding)
+
+    def _scale(self):
+        return 1.0 / (self.kernel[0] * self.kernel[1])
+
+    def forward(self, p, x, train, state=None):
+        return self._pool(x, self._scale()), x.shape
+
+    def rop(self, p, cache, dp, dx):
+        return None if dx is None else self._pool(dx, self._scale())
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        return self._spread(dy, cache, self._scale()) if need_dx else None
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        return self._spread(d2y, cache, self._scale() ** 2) if need_dx else None
+
+
+class GlobalAvgPool(Layer):
+    """(n, c, h, w) -> (n, c), the mean over all positions; the cache is x's shape."""
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"GlobalAvgPool needs inputs (c, h, w), got {in_shape}")
+        return (in_shape[0],)
+
+    def _spread(self, dy, x_shape, scale):
+        xp = get_array_module(dy)
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        dx[...] = (dy * scale)[:, :, None, None]
+        return dx
+
+    def forward(self, p, x, train, state=None):
+        return x.mean(axis=(2, 3)), x.shape
+
+    def rop(self, p, cache, dp, dx):
+        return None if dx is None else dx.mean(axis=(2, 3))
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        return self._spread(dy, cache, 1.0 / (cache[2] * cache[3])) if need_dx else None
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        return self.backward(p, cache, ddy, ddp_out, need_dx)
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        return self._spread(d2y, cache, 1.0 / (cache[2] * cache[3]) ** 2) if need_dx else None
