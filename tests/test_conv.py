@@ -1,0 +1,199 @@
+"""Conv2d and im2col: finite-difference checks (float64) and naive reference loops."""
+import numpy as np
+import pytest
+
+from hfmeta import backend, gradcheck
+from hfmeta.layers import Conv2d
+from hfmeta.layers import conv as conv_module
+from hfmeta.layers.im2col import col2im, im2col
+
+IN_SHAPE = (3, 7, 7)
+
+VARIANTS = [  # (kernel, stride, padding, bias)
+    (1, 1, 0, True), (1, 2, 0, False),
+    (3, 1, 0, True), (3, 1, 1, False), (3, 2, 1, True), (3, 2, 0, False), (3, 1, 2, True),
+    (3, 1, "same", True), (5, 1, "same", False), (5, 1, 2, True), (5, 2, 2, False),
+    (5, 1, 0, True), ((3, 1), (2, 1), (1, 0), True),
+]
+
+
+def make(kernel, stride, padding, bias, out=4):
+    return Conv2d(out, kernel, stride=stride, padding=padding, bias=bias)
+
+
+def point(layer, in_shape=IN_SHAPE, batch=2, seed=0):
+    x, p, _ = gradcheck.random_point(layer, in_shape, batch, seed)
+    return x, p
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_conv_derivatives(variant):
+    layer = make(*variant)
+    results = gradcheck.check_map(repr(layer), *gradcheck.layer_map(layer, IN_SHAPE, batch=2))
+    results.append(gradcheck.check_backward_rop(repr(layer), layer, IN_SHAPE, batch=2))
+    gradcheck.assert_all_ok(results)
+    assert max(r.rel_error for r in results) < 1e-8
+
+
+def naive_conv(x, w, b, stride, padding):
+    """y[n,o,u,v] = b[o] + Σ_{c,a,b} w[o,c,a,b] xpad[n,c,s u+a, s v+b], one output pixel at a time."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, o, ho, wo))
+    for u in range(ho):
+        for v in range(wo):
+            patch = xpad[:, :, u * sh:u * sh + kh, v * sw:v * sw + kw]
+            for k in range(n):
+                for m in range(o):
+                    y[k, m, u, v] = (patch[k] * w[m]).sum() + (b[m] if b is not None else 0.0)
+    return y, xpad
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_conv_forward_matches_naive_loop(variant):
+    layer = make(*variant)
+    x, p = point(layer)
+    y, _ = layer.forward(p, x, True)
+    ref, _ = naive_conv(x, p["weight"], p.get("bias"), layer.stride, layer.padding)
+    assert y.shape == ref.shape == (2,) + layer.out_shape
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_same_padding_keeps_size_and_rejects_bad_configs():
+    assert make(5, 1, "same", True).build((3, 6, 8)) == (4, 6, 8)
+    with pytest.raises(ValueError):
+        Conv2d(4, 4, padding="same")
+    with pytest.raises(ValueError):
+        Conv2d(4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError):
+        Conv2d(4, 5).build((3, 4, 4))
+
+
+def test_im2col_and_col2im_are_adjoint():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 5))
+    for kernel, stride, padding in [((3, 3), (1, 1), (1, 1)), ((2, 3), (2, 1), (0, 1)), ((3, 3), (3, 3), (0, 0))]:
+        cols = im2col(x, kernel, stride, padding)
+        c = rng.standard_normal(cols.shape)
+        lhs = (cols * c).sum()
+        rhs = (x * col2im(c, x.shape, kernel, stride, padding)).sum()
+        assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, True), (1, 1, 0, False)], ids=str)
+def test_sq_grad_matches_per_example_backward(variant):
+    layer = make(*variant)
+    x, p = point(layer, batch=3)
+    y, cache = layer.forward(p, x, True)
+    dy = np.random.default_rng(5).standard_normal(y.shape)
+    sq = {name: np.full(shape, 0.5) for name, shape, _ in layer.param_specs()}  # sq_grad adds
+    layer.sq_grad(p, cache, dy, sq)
+    ref = {name: np.full(shape, 0.5) for name, shape, _ in layer.param_specs()}
+    for k in range(3):
+        _, cache_k = layer.forward(p, x[k:k + 1], True)
+        g = {name: np.empty(shape) for name, shape, _ in layer.param_specs()}
+        layer.backward(p, cache_k, dy[k:k + 1], g, need_dx=False)
+        for name in ref:
+            ref[name] += g[name] ** 2
+    for name in ref:
+        np.testing.assert_allclose(sq[name], ref[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (3, 2, 0, True), (5, 2, 2, False)], ids=str)
+def test_backward_diag_matches_naive_formula(variant):
+    """Becker–LeCun: d2W = Σ d2y xpad², d2b = Σ d2y, d2x = Σ W² d2y over the windows covering x."""
+    layer = make(*variant)
+    x, p = point(layer)
+    y, cache = layer.forward(p, x, True)
+    d2y = np.random.default_rng(6).random(y.shape)
+    d2p = {name: np.empty(shape) for name, shape, _ in layer.param_specs()}
+    d2x = layer.backward_diag(p, cache, d2y, d2p)
+
+    w = p["weight"]
+    o, c, kh, kw = w.shape
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    _, xpad = naive_conv(x, w, None, layer.stride, layer.padding)
+    ref_w = np.zeros_like(w)
+    ref_xpad = np.zeros_like(xpad)
+    for u in range(y.shape[2]):
+        for v in range(y.shape[3]):
+            rows, cols = slice(u * sh, u * sh + kh), slice(v * sw, v * sw + kw)
+            for k in range(x.shape[0]):
+                for m in range(o):
+                    ref_w[m] += d2y[k, m, u, v] * xpad[k, :, rows, cols] ** 2
+                    ref_xpad[k, :, rows, cols] += d2y[k, m, u, v] * w[m] ** 2
+    np.testing.assert_allclose(d2p["weight"], ref_w, rtol=1e-12)
+    np.testing.assert_allclose(d2x, ref_xpad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]], rtol=1e-12)
+    if layer.bias:
+        np.testing.assert_allclose(d2p["bias"], d2y.sum(axis=(0, 2, 3)), rtol=1e-12)
+    assert layer.backward_diag(p, cache, d2y, d2p, need_dx=False) is None
+
+
+def test_rop_and_backward_reuse_the_cached_columns(monkeypatch):
+    """Only forward and a non-zero input direction are unfolded; parameter parts use the cache."""
+    calls = []
+    real = conv_module.im2col
+    monkeypatch.setattr(conv_module, "im2col", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = make(3, 1, 1, True)
+    x, p = point(layer)
+    y, cache = layer.forward(p, x, True)
+    assert len(calls) == 1
+    dp = {k: np.ones_like(v) for k, v in p.items()}
+    dy = layer.rop(p, cache, dp, None)
+    assert len(calls) == 1 and dy.shape == y.shape
+    assert layer.rop(p, cache, None, None) is None
+    layer.backward(p, cache, y, {k: np.empty_like(v) for k, v in p.items()}, need_dx=True)
+    assert layer.backward(p, cache, y, {k: np.empty_like(v) for k, v in p.items()}, need_dx=False) is None
+    layer.backward_rop(p, cache, y, dp, None, y, {k: np.empty_like(v) for k, v in p.items()})
+    assert len(calls) == 1
+    layer.rop(p, cache, dp, x)
+    assert len(calls) == 2
+
+
+def test_backward_overwrites_the_gradient_views():
+    layer = make(3, 1, 1, True)
+    x, p = point(layer)
+    y, cache = layer.forward(p, x, True)
+    dy = np.ones_like(y)
+    first = {k: np.empty_like(v) for k, v in p.items()}
+    layer.backward(p, cache, dy, first)
+    again = {k: v.copy() + 7.0 for k, v in first.items()}
+    layer.backward(p, cache, dy, again)
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, False), (1, 1, 0, True)], ids=str)
+def test_cupy_matches_numpy(variant):
+    cp = backend.xp_for("gpu")
+    layer = make(*variant)
+    x, p = point(layer)
+    rng = np.random.default_rng(9)
+    dx = rng.standard_normal(x.shape)
+    dp = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    out_shape = (2,) + layer.out_shape
+    dy, ddy = rng.standard_normal(out_shape), rng.standard_normal(out_shape)
+
+    def run(xp):
+        to = (lambda a: xp.asarray(a))
+        pp, dpp = {k: to(v) for k, v in p.items()}, {k: to(v) for k, v in dp.items()}
+        y, cache = layer.forward(pp, to(x), True)
+        res = {"y": y, "rop": layer.rop(pp, cache, dpp, to(dx))}
+        g = {k: xp.empty_like(v) for k, v in pp.items()}
+        res["dx"] = layer.backward(pp, cache, to(dy), g)
+        res.update({"g." + k: v for k, v in g.items()})
+        gg = {k: xp.empty_like(v) for k, v in pp.items()}
+        res["ddx"] = layer.backward_rop(pp, cache, to(dy), dpp, to(dx), to(ddy), gg)
+        res.update({"gg." + k: v for k, v in gg.items()})
+        d2 = {k: xp.empty_like(v) for k, v in pp.items()}
+        res["d2x"] = layer.backward_diag(pp, cache, to(ddy) ** 2, d2)
+        res.update({"d2." + k: v for k, v in d2.items()})
+        return {k: backend.asnumpy(v) for k, v in res.items()}
+
+    cpu, gpu = run(np), run(cp)
+    for k in cpu:
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-10, atol=1e-12, err_msg=k)

@@ -1,0 +1,106 @@
+"""MaxPool2d, AvgPool2d, GlobalAvgPool: finite-difference checks (float64) and naive references."""
+import numpy as np
+import pytest
+
+from hfmeta import backend, gradcheck
+from hfmeta.layers import AvgPool2d, GlobalAvgPool, MaxPool2d
+
+IN_SHAPE = (3, 7, 7)
+WINDOWED = [(k, s, pd) for k in (2, 3) for s in (1, 2) for pd in (0, 1)]  # kernel, stride, padding
+
+
+def all_pools():
+    return ([MaxPool2d(k, s, pd) for k, s, pd in WINDOWED] + [MaxPool2d(2)]
+            + [AvgPool2d(k, s, pd) for k, s, pd in WINDOWED] + [AvgPool2d(3)] + [GlobalAvgPool()])
+
+
+@pytest.mark.parametrize("layer", all_pools(), ids=repr)
+def test_pool_derivatives(layer):
+    results = gradcheck.check_map(repr(layer), *gradcheck.layer_map(layer, IN_SHAPE, batch=2))
+    results.append(gradcheck.check_backward_rop(repr(layer), layer, IN_SHAPE, batch=2))
+    gradcheck.assert_all_ok(results)
+    assert max(r.rel_error for r in results) < 1e-8
+
+
+def naive_windows(x, k, s, pd, fill):
+    """Yield (u, v, window (n, c, k, k), rows, cols in the padded frame) one output pixel at a time."""
+    xpad = np.pad(x, ((0, 0), (0, 0), (pd, pd), (pd, pd)), constant_values=fill)
+    ho, wo = (x.shape[2] + 2 * pd - k) // s + 1, (x.shape[3] + 2 * pd - k) // s + 1
+    for u in range(ho):
+        for v in range(wo):
+            rows, cols = slice(u * s, u * s + k), slice(v * s, v * s + k)
+            yield u, v, xpad[:, :, rows, cols], rows, cols
+
+
+@pytest.mark.parametrize("k,s,pd", WINDOWED, ids=str)
+def test_forward_and_diag_match_naive_loops(k, s, pd):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2,) + IN_SHAPE)
+    n, c, h, w = x.shape
+    for layer, fill in [(MaxPool2d(k, s, pd), -np.inf), (AvgPool2d(k, s, pd), 0.0)]:
+        layer.build(IN_SHAPE)
+        y, cache = layer.forward({}, x, True)
+        assert y.shape == (n,) + layer.out_shape
+        d2y = rng.random(y.shape)
+        ref_y = np.empty_like(y)
+        ref_d2x = np.zeros((n, c, h + 2 * pd, w + 2 * pd))
+        for u, v, win, rows, cols in naive_windows(x, k, s, pd, fill):
+            if isinstance(layer, MaxPool2d):
+                ref_y[:, :, u, v] = win.max(axis=(2, 3))
+                hit = win == ref_y[:, :, u, v][:, :, None, None]
+                ref_d2x[:, :, rows, cols] += hit * d2y[:, :, u, v][:, :, None, None]
+            else:
+                ref_y[:, :, u, v] = win.mean(axis=(2, 3))
+                ref_d2x[:, :, rows, cols] += d2y[:, :, u, v][:, :, None, None] / (k * k) ** 2
+        np.testing.assert_allclose(y, ref_y, rtol=1e-13)
+        d2x = layer.backward_diag({}, cache, d2y, {})
+        np.testing.assert_allclose(d2x, ref_d2x[:, :, pd:pd + h, pd:pd + w], rtol=1e-13, atol=1e-15)
+
+
+def test_maxpool_routes_ties_to_one_input():
+    layer = MaxPool2d(2)
+    layer.build((1, 2, 2))
+    x = np.ones((1, 1, 2, 2))
+    y, cache = layer.forward({}, x, True)
+    dx = layer.backward({}, cache, np.ones_like(y), {})
+    assert dx.sum() == 1.0 and dx[0, 0, 0, 0] == 1.0
+    np.testing.assert_array_equal(layer.rop({}, cache, None, np.arange(4.0).reshape(x.shape)), [[[[0.0]]]])
+    assert layer.rop({}, cache, None, None) is None
+    assert layer.backward({}, cache, y, {}, need_dx=False) is None
+
+
+def test_global_avg_pool_shapes_and_diag():
+    layer = GlobalAvgPool()
+    assert layer.build((3, 4, 5)) == (3,)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    y, cache = layer.forward({}, x, True)
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3)))
+    d2y = np.arange(6.0).reshape(2, 3)
+    d2x = layer.backward_diag({}, cache, d2y, {})
+    np.testing.assert_allclose(d2x, np.broadcast_to(d2y[:, :, None, None] / 400.0, x.shape))
+
+
+def test_padding_larger_than_half_the_kernel_is_rejected():
+    with pytest.raises(ValueError):
+        MaxPool2d(2, padding=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layer", [MaxPool2d(3, 2, 1), AvgPool2d(3, 1, 1), GlobalAvgPool()], ids=repr)
+def test_cupy_matches_numpy(layer):
+    cp = backend.xp_for("gpu")
+    layer.build(IN_SHAPE)
+    rng = np.random.default_rng(4)
+    x, dx = rng.standard_normal((2, 2) + IN_SHAPE)
+    dy = rng.standard_normal((2,) + layer.out_shape)
+
+    def run(xp):
+        y, cache = layer.forward({}, xp.asarray(x), True)
+        res = [y, layer.rop({}, cache, None, xp.asarray(dx)),
+               layer.backward({}, cache, xp.asarray(dy), {}),
+               layer.backward_rop({}, cache, None, None, None, xp.asarray(dy), {}),
+               layer.backward_diag({}, cache, xp.asarray(dy) ** 2, {})]
+        return [backend.asnumpy(r) for r in res]
+
+    for a, b in zip(run(cp), run(np)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
