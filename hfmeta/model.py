@@ -8,6 +8,9 @@
     lin.output                                  # logits z, shape (n, classes)
     lin.rop(v)                                  # J v        (n, classes)
     lin.backward(dz)                            # Jᵀ dz      flat, like w
+    lin.backward_rop(dz, v, ddz)                # R{Jᵀ dz} along (v, ddz): exact Hessian products
+    lin.sq_grad(dz, out)                        # out += Σ_i (J_iᵀ dz_i)²   (per-example squares)
+    lin.backward_diag(d2z)                      # Becker-LeCun diagonal pass
 
 The Gauss-Newton product (Schraudolph 2002; Martens 2010) is then
 ``lin.backward(loss.hvp(z, y, lin.rop(v)))``.
@@ -115,6 +118,51 @@ class Linearization:
         if out is None:
             out = xp.empty(self.model.layout.size, dtype=self.w.dtype)
         self.model.net.backward(self.p, self.cache, dz, self.model.layout.views(out), False)
+        return out
+
+    def rop_record(self, v):
+        """``(dxs, J v)``: the R-op that also keeps every layer's input direction
+        (what :meth:`backward_rop` needs; pass it there to avoid a second R-pass)."""
+        dxs, dz = self.model.net.rop_inputs(self.p, self.cache, self.model.layout.views(v), None)
+        return dxs, (self.output * 0 if dz is None else dz)
+
+    def backward_rop(self, dz, v, ddz, recorded=None, out=None):
+        """``R{Jᵀ dz}`` along the parameter direction ``v`` and output-cotangent direction ``ddz``.
+
+        ``= Jᵀ ddz + Σ_k (∂²z_k/∂w²) v · dz_k`` (flat, like ``w``): the
+        second-order terms of every layer at the recorded cotangents.  Built
+        from a forward R-pass recording each layer's input direction
+        (``recorded = rop_record(v)``, computed if not given), a backward pass
+        recording each layer's output cotangent, then each layer's
+        ``backward_rop`` from the last layer to the first.
+        """
+        net, layout = self.model.net, self.model.layout
+        xp = backend.get_array_module(dz)
+        dxs = (recorded or self.rop_record(v))[0]
+        scratch = xp.empty(layout.size, dtype=self.w.dtype)
+        _, dys = net.backward_cotangents(self.p, self.cache, dz, layout.views(scratch), False)
+        if out is None:
+            out = xp.empty(layout.size, dtype=self.w.dtype)
+        net.backward_rop_recorded(self.p, self.cache, dys, layout.views(v), dxs, ddz,
+                                  layout.views(out), False)
+        return out
+
+    def sq_grad(self, dz, out):
+        """``out += Σ_i (J_iᵀ dz_i)²``: squared per-example gradients of ``⟨dz, z⟩``.
+
+        Raises ``NotImplementedError`` when a layer couples the examples
+        (batch norm in train mode); :mod:`hfmeta.diagonal` then falls back to
+        one backward pass per example.
+        """
+        self.model.net.sq_grad(self.p, self.cache, dz, self.model.layout.views(out))
+        return out
+
+    def backward_diag(self, d2z, out=None):
+        """Becker-LeCun diagonal second derivatives from ``d2z ≈ ∂²E/∂z²`` (flat, like ``w``)."""
+        xp = backend.get_array_module(d2z)
+        if out is None:
+            out = xp.empty(self.model.layout.size, dtype=self.w.dtype)
+        self.model.net.backward_diag(self.p, self.cache, d2z, self.model.layout.views(out), False)
         return out
 
     def new_state(self, state: dict, momentum: float = 0.1) -> dict:

@@ -6,7 +6,8 @@ and the mask is recomputed as ``y > 0``.  ReLU is piecewise linear, so
 * R-op:      dy = [y > 0] ⊙ dx
 * backward:  dx = [y > 0] ⊙ dy
 
-and its second derivative is zero almost everywhere.
+and its second derivative is zero almost everywhere: R{backward} and the
+Becker-LeCun pass both just apply the mask (mask² = mask).
 """
 from __future__ import annotations
 
@@ -28,3 +29,6 @@ class ReLU(Layer):
 
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         return ddy * (cache > 0) if need_dx else None
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        return d2y * (cache > 0) if need_dx else None

@@ -16,6 +16,7 @@ layers before its first parameter.
 """
 from __future__ import annotations
 
+from ..backend import get_array_module
 from .base import Layer
 
 
@@ -81,7 +82,18 @@ class Composite(Layer):
 
 
 class Sequential(Composite):
-    """Children applied one after another."""
+    """Children applied one after another.
+
+    Besides forward/rop/backward, the curvature passes compose children too:
+
+    * ``backward_rop``: forward R-pass recording every child's input direction
+      ``dx_k``, backward pass recording every child's output cotangent
+      ``dy_k``, then the R-backward ``ddy_{k-1} = child_k.backward_rop(dy_k,
+      dp_k, dx_k, ddy_k)`` from the last child to the first.
+    * ``sq_grad``: back-propagate ``dy`` and let each child add its squared
+      per-example parameter gradients.
+    * ``backward_diag``: the Becker-LeCun pass, child by child.
+    """
 
     def build(self, in_shape):
         self.in_shape = tuple(in_shape)
@@ -99,26 +111,81 @@ class Sequential(Composite):
         return x, caches
 
     def rop(self, p, cache, dp, dx):
+        return self.rop_inputs(p, cache, dp, dx)[1]
+
+    def rop_inputs(self, p, cache, dp, dx):
+        """R-op that also returns each child's input direction: ``(dxs, dy)`` (``None`` = zero)."""
+        dxs = []
         for (name, layer), c in zip(self.children, cache):
+            dxs.append(dx)
             dpk = self.sub(dp, name)
             if dx is None and not dpk:
                 continue  # zero direction in, zero direction out
             dx = layer.rop(self.sub(p, name), c, dpk or None, dx)
-        return dx
+        return dxs, dx
 
-    def backward(self, p, cache, dy, dp_out, need_dx=True):
-        # The input cotangent of child k is needed only if child k is not the
-        # first one, or if the caller asked for it, or if an earlier child has
-        # parameters -- i.e. for every child after the first parameterised one.
-        first_param = next((k for k, (_, l) in enumerate(self.children) if l.param_specs()),
-                           len(self.children))
+    def _first_param(self):
+        return next((k for k, (_, l) in enumerate(self.children) if l.param_specs()),
+                    len(self.children))
+
+    def _backprop(self, method, p, cache, dy, out, need_dx, dys=None):
+        """Run ``child.<method>(p_k, cache_k, dy, out_k, need)`` from the last child to the first.
+
+        The input cotangent of child k is needed only if child k is not the
+        first one, or if the caller asked for it, or if an earlier child has
+        parameters -- i.e. for every child after the first parameterised one.
+        ``dys`` (a list) receives each child's output cotangent if given.
+        """
+        first_param = self._first_param()
         for k in range(len(self.children) - 1, -1, -1):
             name, layer = self.children[k]
+            if dys is not None:
+                dys[k] = dy
             need = need_dx or k > first_param
-            dy = layer.backward(self.sub(p, name), cache[k], dy, self.sub(dp_out, name), need)
+            dy = getattr(layer, method)(self.sub(p, name), cache[k], dy, self.sub(out, name), need)
             if dy is None:
                 return None
         return dy
+
+    def backward(self, p, cache, dy, dp_out, need_dx=True):
+        return self._backprop("backward", p, cache, dy, dp_out, need_dx)
+
+    def backward_cotangents(self, p, cache, dy, dp_out, need_dx=True):
+        """Backward that also returns each child's output cotangent: ``(dx, dys)``."""
+        dys = [None] * len(self.children)
+        return self._backprop("backward", p, cache, dy, dp_out, need_dx, dys), dys
+
+    def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        xp = get_array_module(ddy)
+        dxs, _ = self.rop_inputs(p, cache, dp, dx)
+        scratch = {k: xp.empty_like(v) for k, v in ddp_out.items()}
+        _, dys = self.backward_cotangents(p, cache, dy, scratch, need_dx)
+        return self.backward_rop_recorded(p, cache, dys, dp, dxs, ddy, ddp_out, need_dx)
+
+    def backward_rop_recorded(self, p, cache, dys, dp, dxs, ddy, ddp_out, need_dx=True):
+        """R-backward given the recorded cotangents ``dys`` and input directions ``dxs``."""
+        first_param = self._first_param()
+        for k in range(len(self.children) - 1, -1, -1):
+            name, layer = self.children[k]
+            need = need_dx or k > first_param
+            ddy = layer.backward_rop(self.sub(p, name), cache[k], dys[k], self.sub(dp, name) or None,
+                                     dxs[k], ddy, self.sub(ddp_out, name), need)
+            if ddy is None:
+                return None
+        return ddy
+
+    def sq_grad(self, p, cache, dy, sq_out):
+        xp = get_array_module(dy)
+        first_param = self._first_param()
+        scratch = {k: xp.empty_like(v) for k, v in sq_out.items()}
+        for k in range(len(self.children) - 1, first_param - 1, -1):
+            name, layer = self.children[k]
+            layer.sq_grad(self.sub(p, name), cache[k], dy, self.sub(sq_out, name))
+            if k > first_param:
+                dy = layer.backward(self.sub(p, name), cache[k], dy, self.sub(scratch, name), True)
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        return self._backprop("backward_diag", p, cache, d2y, d2p_out, need_dx)
 
     def new_state(self, state, cache, momentum):
         out = dict(state)

@@ -21,3 +21,6 @@ class Flatten(Layer):
 
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         return ddy.reshape(cache) if need_dx else None
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        return d2y.reshape(cache) if need_dx else None

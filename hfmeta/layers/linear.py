@@ -8,6 +8,10 @@ Derivatives (all linear algebra, no approximation):
 * backward:  dW = dyᵀ x,  db = Σ_n dy,  dx = dy W
 * R{backward} (bilinear in x and W):
              R{dW} = ddyᵀ x + dyᵀ dx,  R{db} = Σ_n ddy,  R{x̄} = ddy W + dy dW
+* per-example squared gradients (exact diagonal GGN):
+             g_n = dy_n x_nᵀ, so Σ_n g_n² = (dy²)ᵀ (x²),  Σ_n (db_n)² = Σ_n dy²
+* Becker & LeCun (1988):
+             d2W = d2yᵀ x²,  d2b = Σ_n d2y,  d2x = d2y W²
 """
 from __future__ import annotations
 
@@ -63,7 +67,6 @@ class Linear(Layer):
             dp_out["bias"][...] = dy.sum(axis=0)
         return dy @ p["weight"] if need_dx else None
 
-
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         x = cache
         ddw = ddy.T @ x
@@ -78,6 +81,20 @@ class Linear(Layer):
         if dp is not None:
             ddx += dy @ dp["weight"]
         return ddx
+
+    def sq_grad(self, p, cache, dy, sq_out):
+        x = cache
+        dy2 = dy * dy
+        sq_out["weight"] += dy2.T @ (x * x)
+        if self.bias:
+            sq_out["bias"] += dy2.sum(axis=0)
+
+    def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
+        x = cache
+        d2p_out["weight"][...] = d2y.T @ (x * x)
+        if self.bias:
+            d2p_out["bias"][...] = d2y.sum(axis=0)
+        return d2y @ (p["weight"] * p["weight"]) if need_dx else None
 
     def __repr__(self):
         return f"Linear({self.out_features}, bias={self.bias})"
