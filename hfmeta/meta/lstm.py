@@ -1,0 +1,249 @@
+"""Coordinate-wise stacked LSTM with back-propagation through time written by hand.
+
+The learned optimizers of hfmeta (MLHF's RNN_s and RNN_p, L2L, SLSTM) are
+*coordinate-wise* recurrent nets (Andrychowicz et al. 2016, section 2.1): one
+small LSTM whose meta-parameters ``theta`` are shared by every coordinate of a
+parameter group, while each coordinate keeps its own hidden state.  The
+coordinates are the rows of a batch, so one step is a handful of GEMMs on
+(n, ·) arrays with n up to millions.
+
+Shapes (index letters): n rows (coordinates), i inputs of a layer, h units of
+a layer, o outputs.  ``x`` (n, i0), per layer ``h, c`` (n, h), output (n, o).
+
+One layer, gate order **i, f, g, o** (as PyTorch's ``nn.LSTM``)::
+
+    z  = [x, h_prev]                        (n, i + h)   the layer's inputs
+    a  = z Wᵀ + b                           (n, 4h)      W (4h, i + h), b (4h)
+    i, f, o = σ(a_i), σ(a_f), σ(a_o);  g = tanh(a_g)
+    c  = f ⊙ c_prev + i ⊙ g
+    h  = o ⊙ tanh(c)
+
+``W = [W_x | W_h]`` is PyTorch's ``weight_ih_l*`` and ``weight_hh_l*`` side by
+side (one bias instead of PyTorch's two).  Layer l+1 takes layer l's ``h`` as
+its ``x``; the raw output is a dense map of the last ``h``:
+``out = h_L W_outᵀ + b_out`` (post-processing, e.g. softplus, lives in
+:mod:`hfmeta.meta.preprocess`).  The forget-gate bias starts at 1
+(Gers et al. 2000; Jozefowicz et al. 2015).
+
+Forward trick: σ(a) = (1 + tanh(a/2)) / 2, so all four gates are *one* tanh
+of a pre-activation computed with the i, f, o rows of W and b halved,
+followed by a per-column scale and offset -- three passes over (n, 4h)
+instead of separate sigmoid/tanh passes over strided column blocks.
+
+Backward (per layer, given ``h̄`` and ``c̄`` arriving from above and from the
+next step)::
+
+    ō = h̄ ⊙ tanh c;   c̄ ← c̄ + h̄ ⊙ o ⊙ (1 − tanh² c)
+    ī = c̄ ⊙ g;  f̄ = c̄ ⊙ c_prev;  ḡ = c̄ ⊙ i;  c̄_prev = c̄ ⊙ f
+    ā = [ī σ'(i), f̄ σ'(f), ḡ (1 − g²), ō σ'(o)]   with σ' = s (1 − s)
+    W̄ += āᵀ z;  b̄ += Σ_n ā;  z̄ = ā W = [x̄, h̄_prev]
+
+**Cache of one step** (per layer): ``z`` (i + h), the gate activations (4h),
+``c_prev`` (h) and ``tanh c`` (h): Σ_l (i_l + 7 h_l) numbers per row.  For
+MLHF (3 inputs, two layers of 4 units) that is 31 + 32 = 63 numbers, 252 bytes
+per coordinate per step in float32 (about 440 MB per step for 1.76M rows).
+The last layer's ``h`` is recomputed in backward as ``o ⊙ tanh c``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+
+
+class CoordinateLSTM:
+    """A stacked LSTM applied independently to every row of a batch.
+
+    Parameters
+    ----------
+    n_inputs : int
+        Features per coordinate (after preprocessing).
+    hidden : tuple of int
+        Units of each stacked layer, e.g. ``(4, 4)`` for MLHF, ``(20, 20)`` for L2L.
+    n_outputs : int
+        Outputs per coordinate of the final dense map.
+
+    The meta-parameters are one flat vector ``theta`` of length :attr:`size`;
+    :meth:`views` gives the named, reshaped pieces (``layer0.weight`` (4h, i + h),
+    ``layer0.bias`` (4h), ..., ``out.weight`` (o, h_L), ``out.bias`` (o)).
+    """
+
+    def __init__(self, n_inputs: int, hidden=(4, 4), n_outputs: int = 1):
+        self.n_inputs = int(n_inputs)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.n_outputs = int(n_outputs)
+        if self.n_inputs < 1 or self.n_outputs < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"bad LSTM shape: inputs {n_inputs}, hidden {hidden}, outputs {n_outputs}")
+        widths = (self.n_inputs,) + self.hidden
+        self.specs = []                                   # (name, shape) in theta order
+        for l, h in enumerate(self.hidden):
+            self.specs.append((f"layer{l}.weight", (4 * h, widths[l] + h)))
+            self.specs.append((f"layer{l}.bias", (4 * h,)))
+        self.specs.append(("out.weight", (self.n_outputs, self.hidden[-1])))
+        self.specs.append(("out.bias", (self.n_outputs,)))
+        self.offsets = {}
+        offset = 0
+        for name, shape in self.specs:
+            self.offsets[name] = offset
+            offset += int(np.prod(shape))
+        self.size = offset
+        # σ(a) = ½ + ½ tanh(a/2): per-column scale (½ for i, f, o; 1 for g) and offset
+        self._gate_scale = [np.repeat([0.5, 0.5, 1.0, 0.5], h) for h in self.hidden]
+        self._gate_shift = [np.repeat([0.5, 0.5, 0.0, 0.5], h) for h in self.hidden]
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments."""
+        return {"n_inputs": self.n_inputs, "hidden": list(self.hidden), "n_outputs": self.n_outputs}
+
+    def __repr__(self):
+        return (f"CoordinateLSTM(n_inputs={self.n_inputs}, hidden={self.hidden}, "
+                f"n_outputs={self.n_outputs})  # {self.size} meta-parameters")
+
+    # -- meta-parameters ------------------------------------------------------
+    def views(self, theta) -> dict:
+        """``{name: reshaped view of theta}`` (no copies)."""
+        return {name: theta[self.offsets[name]:self.offsets[name] + int(np.prod(shape))].reshape(shape)
+                for name, shape in self.specs}
+
+    def init(self, rng: np.random.Generator, xp=np, dtype=np.float64, out_bias: float = 0.0):
+        """Draw ``theta`` on the host in float64, then cast/move it.
+
+        Weights ~ U(−1/√h, 1/√h) (PyTorch's LSTM and Linear default), gate
+        biases 0 except the forget gate's 1, output bias ``out_bias``.
+        """
+        theta = np.zeros(self.size)
+        p = self.views(theta)
+        for l, h in enumerate(self.hidden):
+            p[f"layer{l}.weight"][...] = rng.uniform(-1, 1, p[f"layer{l}.weight"].shape) / np.sqrt(h)
+            p[f"layer{l}.bias"][h:2 * h] = 1.0
+        p["out.weight"][...] = rng.uniform(-1, 1, p["out.weight"].shape) / np.sqrt(self.hidden[-1])
+        p["out.bias"][...] = out_bias
+        return xp.asarray(theta, dtype=dtype)
+
+    def zero_state(self, n_rows: int, xp=np, dtype=np.float64) -> list:
+        """``[(h, c), ...]`` per layer, zeros of shape (n, h)."""
+        return [(xp.zeros((n_rows, h), dtype=dtype), xp.zeros((n_rows, h), dtype=dtype))
+                for h in self.hidden]
+
+    # -- forward --------------------------------------------------------------
+    def step(self, theta, state, x, out=None):
+        """One time step for all rows.
+
+        ``x`` (n, i0), ``state`` from :meth:`zero_state` or a previous step.
+        Returns ``(out, new_state, cache)`` with ``out`` (n, o) the raw dense
+        output, written into ``out`` if given (e.g. a row slice of a larger array).
+        """
+        xp = backend.get_array_module(x)
+        p = self.views(theta)
+        new_state, cache = [], []
+        for l, (h_prev, c_prev) in enumerate(state):
+            z = xp.concatenate([x, h_prev], axis=1)
+            gates, c, tanh_c, h = self._layer_forward(xp, p, l, z, c_prev)
+            new_state.append((h, c))
+            cache.append((z, gates, c_prev, tanh_c))
+            x = h
+        out = xp.matmul(x, p["out.weight"].T, out=out)
+        out += p["out.bias"]
+        return out, new_state, cache
+
+    def _layer_forward(self, xp, p, l, z, c_prev):
+        H = self.hidden[l]
+        scale = xp.asarray(self._gate_scale[l], dtype=z.dtype)
+        gates = z @ (p[f"layer{l}.weight"] * scale[:, None]).T      # halved i, f, o rows
+        gates += p[f"layer{l}.bias"] * scale
+        xp.tanh(gates, out=gates)
+        gates *= scale
+        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)     # now σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
+        i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        c = f * c_prev
+        c += i * g
+        tanh_c = xp.tanh(c)
+        return gates, c, tanh_c, o * tanh_c
+
+    # -- backward -------------------------------------------------------------
+    def backward_step(self, theta, cache, d_out, d_state, d_theta=None):
+        """Reverse one :meth:`step`.
+
+        ``d_out`` (n, o) or None: cotangent of this step's output.
+        ``d_state``: ``[(h̄, c̄), ...]`` cotangent of the state this step
+        produced (from the next step's backward), or None.  Either element of a
+        pair may also be None.  Parameter cotangents are **added** into
+        ``d_theta`` (a zero vector is made when None).
+
+        Returns ``(d_theta, d_x, d_state_prev)``: ``d_x`` (n, i0) (a view of a
+        larger array) and the cotangent of the state this step started from.
+        """
+        xp = backend.get_array_module(theta)
+        if d_theta is None:
+            d_theta = xp.zeros_like(theta)
+        p, dp = self.views(theta), self.views(d_theta)
+        L = len(self.hidden)
+        d_state = d_state if d_state is not None else [(None, None)] * L
+        dh = None
+        if d_out is not None:
+            z, gates, _, tanh_c = cache[-1]
+            h_last = gates[:, 3 * self.hidden[-1]:] * tanh_c
+            dp["out.weight"][...] += d_out.T @ h_last
+            dp["out.bias"][...] += d_out.sum(axis=0)
+            dh = d_out @ p["out.weight"]
+        d_state_prev = [None] * L
+        for l in reversed(range(L)):
+            dh = _add(dh, d_state[l][0])
+            dz, dc_prev = self._layer_backward(xp, p, dp, l, cache[l], dh, d_state[l][1])
+            n_in = dz.shape[1] - self.hidden[l]
+            d_state_prev[l] = (dz[:, n_in:], dc_prev)
+            dh = dz[:, :n_in]
+        return d_theta, dh, d_state_prev
+
+    def _layer_backward(self, xp, p, dp, l, cache, dh, dc):
+        z, gates, c_prev, tanh_c = cache
+        H = self.hidden[l]
+        if dh is None:
+            dh = xp.zeros_like(tanh_c)
+        i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        da = xp.empty_like(gates)
+        da_i, da_f, da_g, da_o = (da[:, k * H:(k + 1) * H] for k in range(4))
+        xp.multiply(dh, tanh_c, out=da_o)                  # h = o tanh c
+        dc_total = dh * o
+        dc_total *= 1 - tanh_c * tanh_c
+        if dc is not None:
+            dc_total += dc
+        xp.multiply(dc_total, g, out=da_i)                 # c = f c_prev + i g
+        xp.multiply(dc_total, c_prev, out=da_f)
+        xp.multiply(dc_total, i, out=da_g)
+        dc_total *= f                                      # now c̄_prev
+        for d, s in ((da_i, i), (da_f, f), (da_o, o)):     # σ' = s (1 − s)
+            d *= s - s * s
+        da_g *= 1 - g * g                                  # tanh' = 1 − g²
+        dp[f"layer{l}.weight"][...] += da.T @ z
+        dp[f"layer{l}.bias"][...] += da.sum(axis=0)
+        return da @ p[f"layer{l}.weight"], dc_total
+
+    def backward(self, theta, caches, d_outs, d_final_state=None):
+        """Back-propagation through time over an unroll of T steps.
+
+        ``caches``: the T caches of :meth:`step` in forward order; ``d_outs``:
+        T output cotangents (None where a step's output has none);
+        ``d_final_state``: cotangent of the last state, or None.
+
+        Returns ``(d_theta, d_xs, d_initial_state)`` with ``d_xs`` the T input
+        cotangents (n, i0).
+        """
+        if len(caches) != len(d_outs):
+            raise ValueError(f"{len(caches)} caches but {len(d_outs)} output cotangents")
+        xp = backend.get_array_module(theta)
+        d_theta = xp.zeros_like(theta)
+        d_xs = [None] * len(caches)
+        d_state = d_final_state
+        for t in reversed(range(len(caches))):
+            _, d_xs[t], d_state = self.backward_step(theta, caches[t], d_outs[t], d_state, d_theta)
+        return d_theta, d_xs, d_state
+
+
+def _add(a, b):
+    """``a + b`` where None means zero (no new array when one side is None)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
