@@ -57,10 +57,21 @@ def rel_error(a, b) -> float:
 
 
 def central_difference(f, theta, v, h):
-    """Fourth-order central difference of ``f`` at ``theta`` along ``v``."""
-    f1 = f(theta + h * v) - f(theta - h * v)
-    f2 = f(theta + 2 * h * v) - f(theta - 2 * h * v)
-    return (8 * f1 - f2) / (12 * h)
+    """Fourth-order central difference of ``f`` at ``theta`` along ``v``.
+
+    The step is taken along the unit vector ``v/‖v‖`` (then scaled back), so
+    that a long random direction in many dimensions moves the point by ``h``
+    in norm, not by ``h·‖v‖`` -- which would carry ReLU inputs across their
+    kink and make a correct derivative look wrong.
+    """
+    xp = backend.get_array_module(v)
+    norm = float(xp.linalg.norm(v))
+    if norm == 0.0:
+        return f(theta) * 0
+    u = v / norm
+    f1 = f(theta + h * u) - f(theta - h * u)
+    f2 = f(theta + 2 * h * u) - f(theta - 2 * h * u)
+    return (8 * f1 - f2) * (norm / (12 * h))
 
 
 def check_map(name, f, jvp, vjp, theta0, rng=None, h=1e-5, max_coords=60,
