@@ -57,10 +57,16 @@ def rel_error(a, b) -> float:
 
 
 def central_difference(f, theta, v, h):
-    """Fourth-order central difference of ``f`` at ``theta`` along ``v``.
+    """Fourth-order central difference of ``f`` at ``theta`` along ``v`` (step ``h·v``)."""
+    f1 = f(theta + h * v) - f(theta - h * v)
+    f2 = f(theta + 2 * h * v) - f(theta - 2 * h * v)
+    return (8 * f1 - f2) / (12 * h)
 
-    The step is taken along the unit vector ``v/‖v‖`` (then scaled back), so
-    that a long random direction in many dimensions moves the point by ``h``
+
+def directional_difference(f, theta, v, h):
+    """Central difference along the unit vector ``v/‖v‖``, scaled back by ``‖v‖``.
+
+    A long random direction in many dimensions then moves the point by ``h``
     in norm, not by ``h·‖v‖`` -- which would carry ReLU inputs across their
     kink and make a correct derivative look wrong.
     """
@@ -68,10 +74,7 @@ def central_difference(f, theta, v, h):
     norm = float(xp.linalg.norm(v))
     if norm == 0.0:
         return f(theta) * 0
-    u = v / norm
-    f1 = f(theta + h * u) - f(theta - h * u)
-    f2 = f(theta + 2 * h * u) - f(theta - 2 * h * u)
-    return (8 * f1 - f2) * (norm / (12 * h))
+    return central_difference(f, theta, v / norm, h) * norm
 
 
 def check_map(name, f, jvp, vjp, theta0, rng=None, h=1e-5, max_coords=60,
@@ -88,7 +91,7 @@ def check_map(name, f, jvp, vjp, theta0, rng=None, h=1e-5, max_coords=60,
     errs = []
     for _ in range(n_directions):
         v = rand(theta0.size)
-        errs.append(rel_error(jvp(v), central_difference(f, theta0, v, h)))
+        errs.append(rel_error(jvp(v), directional_difference(f, theta0, v, h)))
     rop = CheckResult(name, "rop", max(errs), tol)
 
     # backward: Jᵀu against per-coordinate differences of <u, f>
@@ -258,6 +261,6 @@ def check_backward_rop(name, layer, in_shape, batch=2, train=True, seed=0, h=1e-
         ddx_view, ddp_out = unpack(out)
         ddx_view[...] = layer.backward_rop(p0, cache0, dy0.reshape(out_shape), dp or None, dx,
                                            ddy, ddp_out, True)
-        errs.append(rel_error(out, central_difference(backward_at, z0, v, h)))
+        errs.append(rel_error(out, directional_difference(backward_at, z0, v, h)))
     return CheckResult(name, "bwd-rop", max(errs), tol)
 
