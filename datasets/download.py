@@ -35,14 +35,14 @@ def file_digest(path, algorithm="sha256"):
     return h.hexdigest()
 
 
-def verify_checksum(path, md5=None, sha256=None):
+def verify_checksum(path, md5=None, sha256=None, label=None):
     """Raise :class:`UserError` unless ``path`` has the given md5 / sha256."""
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
         if expected is None:
             continue
         actual = file_digest(path, algorithm)
         if actual != expected.lower():
-            raise UserError(f"{os.path.basename(path)}: {algorithm} checksum mismatch "
+            raise UserError(f"{label or os.path.basename(path)}: {algorithm} checksum mismatch "
                             f"(expected {expected}, got {actual})")
 
 
@@ -125,7 +125,8 @@ def _total_length(response, start):
 
 def _finish(part, dest, md5, sha256):
     try:
-        verify_checksum(part, md5=md5, sha256=sha256)
+        verify_checksum(part, md5=md5, sha256=sha256,
+                        label=f"downloaded {os.path.basename(dest)}")
     except UserError:
         os.remove(part)
         raise
