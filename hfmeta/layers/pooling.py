@@ -76,8 +76,8 @@ class MaxPool2d(_Pool2d):
         for k, _, _, index in taps:
             tap = xpad[index]
             better = tap > y                 # strict: the first maximal tap wins ties
-            xp.copyto(y, tap, where=better)
-            xp.copyto(argmax, k, where=better)
+            xp.maximum(y, tap, out=y)
+            argmax = xp.where(better, argmax.dtype.type(k), argmax)
         return y, (argmax, x.shape)
 
     def rop(self, p, cache, dp, dx):
@@ -86,9 +86,10 @@ class MaxPool2d(_Pool2d):
         xp = get_array_module(dx)
         argmax, x_shape = cache
         dxpad = pad(dx, self.padding)
-        dy = xp.empty(argmax.shape, dtype=dx.dtype)
-        for k, _, _, index in self._windows(x_shape):
-            xp.copyto(dy, dxpad[index], where=argmax == k)
+        taps = self._windows(x_shape)
+        dy = dxpad[next(taps)[3]].copy()     # offset 0 wherever no later offset won
+        for k, _, _, index in taps:
+            dy = xp.where(argmax == k, dxpad[index], dy)
         return dy
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):
