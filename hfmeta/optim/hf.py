@@ -42,9 +42,9 @@ def curvature_linearization(problem, w, batch, lin, size):
     """The linearization for Gauss-Newton products: ``lin`` itself, or one of
     the first ``size`` examples of the batch (a smaller curvature mini-batch,
     Martens 2010 section 4.3)."""
-    x, y = batch
-    if size is None or size >= x.shape[0]:
+    if size is None or size >= batch[0].shape[0]:
         return lin
+    x, y = batch
     return problem.linearize(w, (x[:size], y[:size]))
 
 
