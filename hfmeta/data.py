@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from hfmeta import backend
+from hfmeta.datasets.registry import resolve
 from hfmeta.errors import UserError
 
 SPLITS = ("train", "meta", "target", "test")
@@ -41,7 +42,6 @@ _REQUIRED_ATTRS = ("name", "classes", "mean", "std", "format_version")
 
 def open_dataset(name_or_path):
     """Open a prepared dataset by registered name (e.g. ``"mnist5k"``) or file path."""
-    from hfmeta.datasets.registry import resolve
     return Dataset(resolve(name_or_path))
 
 
