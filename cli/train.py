@@ -1,0 +1,93 @@
+"""``hfmeta train``: train one model on one dataset with one optimizer."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+
+DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "adam"}
+
+
+def parse_hparams(pairs):
+    """``("lr=0.01", "momentum=0.9")`` -> ``{"lr": 0.01, "momentum": 0.9}`` (JSON values)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--hp")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_options(pairs):
+    """Model options ``width=0.5`` or ``channels=[8,16]`` (JSON values; lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in parse_hparams(pairs).items()}
+
+
+def default_run_dir(model, optimizer):
+    return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{optimizer}")
+
+
+def format_summary(s):
+    return (f"{s['model']} ({s['params']:,} parameters) on {s['data']}/{s['split']} with "
+            f"{s['optimizer']}: {s['steps']} steps, {s['samples']:,} samples, {s['wall']:.1f} s\n"
+            f"  train loss {s['train_loss']:.4f}   test loss {s['test_loss']:.4f}   "
+            f"test accuracy {100 * s['test_acc']:.2f}%\n"
+            f"  run folder: {s['run_dir']}")
+
+
+@click.command("train")
+@click.option("--model", default=DEFAULTS["model"], show_default=True, help="Zoo model name.")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE",
+              help="Model option, e.g. width=0.25 (repeatable).")
+@click.option("--data", default=DEFAULTS["data"], show_default=True,
+              help="Dataset name (see `hfmeta data list`) or path to an .h5 file.")
+@click.option("--split", type=click.Choice(["train", "target", "meta"]), default="train",
+              show_default=True, help="Training split: all, the paper's last 2/5, or first 3/5.")
+@click.option("--optimizer", "-o", default=DEFAULTS["optimizer"], show_default=True,
+              help="Optimizer name (sgd, rmsprop, adam, hf-fixed, hf-lm, martens-hf, kfac, sou, ...).")
+@click.option("--hp", "hps", multiple=True, metavar="NAME=VALUE",
+              help="Optimizer hyper-parameter, e.g. lr=0.01 (repeatable).")
+@click.option("--meta", default=None, help="Meta-parameter checkpoint of a learned optimizer.")
+@click.option("--batch-size", "-b", default=128, show_default=True)
+@click.option("--epochs", default=3.0, show_default=True, help="Epochs over the training split.")
+@click.option("--steps", type=int, default=None, help="Number of steps (overrides --epochs).")
+@click.option("--eval-every", type=int, default=None, help="Steps between test evaluations "
+              "[default: one epoch].")
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--augment/--no-augment", default=None, help="Crop+flip [default: dataset's].")
+@click.option("--out", default=None, help="Run folder [default: runs/<time>-<model>-<opt>].")
+@click.option("--resume", default=None, metavar="RUN_DIR", help="Continue a stopped run.")
+@click.pass_context
+def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_size, epochs,
+            steps, eval_every, checkpoint_every, augment, out, resume):
+    """Train a network; log metrics, checkpoint, print a summary.
+
+    With no options it trains `cnn-small` on the shipped 5,000 MNIST digits
+    with Adam for 3 epochs on the CPU.
+    """
+    from hfmeta.train import Run, RunConfig
+
+    obj = ctx.obj
+    if resume:
+        run = Run.resume(resume, steps=steps)
+    else:
+        cfg = RunConfig(model=model, model_options=parse_options(model_opts), data=data,
+                        split=split, optimizer=optimizer, hparams=parse_hparams(hps), meta=meta,
+                        batch_size=batch_size, epochs=epochs, steps=steps, eval_every=eval_every,
+                        checkpoint_every=checkpoint_every, augment=augment, seed=obj["seed"],
+                        device=obj["device"], dtype=obj["dtype"])
+        run = Run.create(cfg, out or default_run_dir(model, optimizer))
+    quiet = obj.get("verbosity", 0) < 0
+    if not quiet:
+        click.echo(f"training {run.model!r} with {run.opt!r} for {run.total_steps} steps "
+                   f"-> {run.dir}", err=True)
+    with click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,
+                           file=click.get_text_stream("stderr")) as bar:
+        summary = run.train(on_step=lambda step, info: bar.update(1))
+    click.echo(format_summary(summary))

@@ -1,0 +1,266 @@
+"""Training runs: one model × dataset × optimizer, logged, checkpointed, resumable.
+
+::
+
+    cfg = RunConfig(model="cnn-small", data="mnist5k", optimizer="adam", epochs=3)
+    summary = Run.create(cfg, "runs/adam").train()
+    summary = Run.resume("runs/adam").train()          # after a kill or Ctrl-C
+
+A run folder holds
+
+* ``config.json``   -- the :class:`RunConfig` (everything needed to redo the run),
+* ``metrics.jsonl`` -- one JSON object per line: ``{"kind": "step", "step",
+  "samples", "wall", "loss", ...optimizer info}`` every ``log_every`` steps and
+  ``{"kind": "eval", "step", "samples", "wall", "train_loss", "test_loss",
+  "test_acc"}`` at every evaluation (``wall`` counts training time only, not
+  evaluation, so curves against wall time compare optimizers fairly),
+* ``checkpoint.h5`` -- weights, optimizer state, batch-norm running
+  statistics, the data stream position and the clock, written atomically
+  every ``checkpoint_every`` steps and at the end,
+* ``summary.json``  -- the final numbers.
+
+Resuming reloads the checkpoint, drops metric lines written after it, and
+continues; because the batch of step k is a pure function of (seed, k) and
+the optimizer state is saved exactly, a resumed run ends with the same
+weights as an uninterrupted one.  Ctrl-C (SIGINT) finishes the current step,
+saves, and exits; a non-finite loss stops the run and keeps the last good
+checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backend
+from .errors import NonFiniteLoss, UserError
+from .problem import Problem
+
+CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+    model: str = "cnn-small"
+    model_options: dict = field(default_factory=dict)
+    data: str = "mnist5k"
+    split: str = "train"              # "target" for the MLHF paper's protocol
+    optimizer: str = "adam"
+    hparams: dict = field(default_factory=dict)
+    meta: str | None = None           # meta-parameter checkpoint of a learned optimizer
+    batch_size: int = 128
+    epochs: float = 3.0
+    steps: int | None = None          # overrides epochs when given
+    eval_every: int | None = None     # default: once per epoch
+    log_every: int = 1
+    checkpoint_every: int = 100
+    augment: bool | None = None       # default: the dataset's (crop+flip for CIFAR)
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown run configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def make_optimizer(name, hparams, meta=None, model=None):
+    """A hand-crafted optimizer from :mod:`hfmeta.optim`, or a learned one from :mod:`hfmeta.meta`."""
+    from .optim import OPTIMIZERS, get_optimizer
+    if name in OPTIMIZERS:
+        if meta:
+            raise UserError(f"--meta is for learned optimizers; {name!r} is hand-crafted")
+        return get_optimizer(name, **hparams)
+    try:
+        from .meta.registry import LEARNED, get_learned
+    except ImportError:
+        LEARNED, get_learned = {}, None
+    if name in LEARNED:
+        return get_learned(name, meta=meta, model=model, **hparams)
+    raise UserError(f"unknown optimizer {name!r}; choose one of "
+                    f"{', '.join(list(OPTIMIZERS) + list(LEARNED))}")
+
+
+class Run:
+    """A training run bound to its folder.  Build with :meth:`create` or :meth:`resume`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str, checkpoint=None):
+        from .data import open_dataset
+        from .models import build
+
+        self.cfg, self.dir = cfg, run_dir
+        self.xp = backend.xp_for(cfg.device)
+        self.dataset = open_dataset(cfg.data)
+        self.model = build(cfg.model, self.dataset.image_shape, self.dataset.classes,
+                           dtype=cfg.dtype, device=cfg.device, **cfg.model_options)
+        self.problem = Problem(self.model)
+        self.opt = make_optimizer(cfg.optimizer, cfg.hparams, cfg.meta, self.model)
+        augment = self.dataset.default_augment if cfg.augment is None else cfg.augment
+        self.batches = self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
+                                            augment=augment, dtype=cfg.dtype, device=cfg.device)
+        self.total_steps = (cfg.steps if cfg.steps is not None
+                            else max(1, int(round(cfg.epochs * self.batches.steps_per_epoch))))
+        self.eval_every = cfg.eval_every or self.batches.steps_per_epoch
+        self.test = self.dataset.load("test", dtype=cfg.dtype, device=cfg.device)
+        if checkpoint is None:
+            self.w = self.model.init(cfg.seed)
+            self.opt_state = self.opt.init(self.w)
+            self.step, self.wall = 0, 0.0
+        else:
+            self._restore(checkpoint)
+        self._window = []        # batch losses since the last evaluation
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: RunConfig, run_dir: str):
+        if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} "
+                            f"or choose another --out")
+        run = cls(cfg, run_dir)        # validates model/data/optimizer before writing anything
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, CONFIG), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        open(os.path.join(run_dir, METRICS), "w").close()
+        return run
+
+    @classmethod
+    def resume(cls, run_dir: str, steps: int | None = None):
+        from .storage import load_checkpoint
+        path = os.path.join(run_dir, CONFIG)
+        if not os.path.isfile(path):
+            raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
+        with open(path) as f:
+            cfg = RunConfig.from_dict(json.load(f))
+        if steps is not None:
+            cfg.steps = steps
+        ckpt_path = os.path.join(run_dir, CHECKPOINT)
+        ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+        run = cls(cfg, run_dir, ckpt)
+        run._truncate_metrics()
+        return run
+
+    def _restore(self, ck):
+        w = ck["weights"]["w"]
+        if w.shape != (self.model.num_params,):
+            raise UserError(f"checkpoint weights have {w.shape[0]} entries, model "
+                            f"{self.cfg.model} has {self.model.num_params}")
+        self.w = backend.to_device(w.astype(self.model.dtype), self.cfg.device)
+        self.opt_state = self.opt.state_from_dict(ck.get("optimizer", {}), self.xp)
+        self.problem.state = {k: backend.to_device(v, self.cfg.device)
+                              for k, v in ck.get("bn_state", {}).items()}
+        self.batches.load_state_dict(ck["data"])
+        self.step, self.wall = int(ck["step"]), float(ck["wall"])
+
+    def _truncate_metrics(self):
+        """Drop log lines written after the checkpoint (they will be written again)."""
+        path = os.path.join(self.dir, METRICS)
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self):
+        from .storage import save_checkpoint
+        save_checkpoint(os.path.join(self.dir, CHECKPOINT),
+                        config=dataclasses.asdict(self.cfg), layout=self.model.layout,
+                        weights={"w": self.w}, optimizer=self.opt.state_to_dict(self.opt_state),
+                        bn_state=dict(self.problem.state), data=self.batches.state_dict(),
+                        step=self.step, wall=self.wall)
+
+    def _log(self, record):
+        with open(os.path.join(self.dir, METRICS), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop ------------------------------------------------------------------
+    def evaluate(self):
+        x, y = self.test
+        test_loss, test_acc = self.problem.evaluate(self.w, x, y)
+        train_loss = float(np.mean(self._window)) if self._window else float("nan")
+        self._window = []
+        record = {"kind": "eval", "step": self.step, "samples": self.step * self.cfg.batch_size,
+                  "wall": round(self.wall, 4), "train_loss": train_loss,
+                  "test_loss": test_loss, "test_acc": test_acc}
+        self._log(record)
+        return record
+
+    def train(self, on_step=None):
+        """Run to ``total_steps``; ``on_step(step, info)`` is called after each step.
+
+        Returns the summary dict (also written to ``summary.json``).
+        """
+        interrupted = []
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        except ValueError:  # not in the main thread: Ctrl-C handling is the caller's
+            pass
+        last_eval = None
+        try:
+            while self.step < self.total_steps and not interrupted:
+                batch = next(self.batches)
+                t0 = time.perf_counter()
+                w, state, info = self.opt.step(self.problem, self.w, self.opt_state, batch)
+                if self.cfg.device == "gpu":
+                    self.xp.cuda.Stream.null.synchronize()
+                self.wall += time.perf_counter() - t0
+                loss = float(info["loss"])
+                if not math.isfinite(loss) or not bool(self.xp.isfinite(w).all()):
+                    raise NonFiniteLoss(
+                        f"non-finite loss at step {self.step + 1} ({self.cfg.optimizer}); the last "
+                        f"good checkpoint is kept in {os.path.join(self.dir, CHECKPOINT)}")
+                self.w, self.opt_state, self.step = w, state, self.step + 1
+                self._window.append(loss)
+                if self.step % self.cfg.log_every == 0:
+                    self._log({"kind": "step", "step": self.step,
+                               "samples": self.step * self.cfg.batch_size,
+                               "wall": round(self.wall, 4),
+                               **{k: _jsonable(v) for k, v in info.items()}})
+                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    last_eval = self.evaluate()
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save()
+                if on_step:
+                    on_step(self.step, info)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.save()
+        if interrupted:
+            raise UserError(f"interrupted at step {self.step}; checkpoint saved; continue with "
+                            f"hfmeta train --resume {self.dir}", exit_code=130)
+        if last_eval is None or last_eval["step"] != self.step:
+            last_eval = self.evaluate()
+        summary = {"model": self.cfg.model, "params": self.model.num_params,
+                   "data": self.cfg.data, "split": self.cfg.split,
+                   "optimizer": self.cfg.optimizer, "steps": self.step,
+                   "samples": self.step * self.cfg.batch_size, "wall": round(self.wall, 3),
+                   "train_loss": last_eval["train_loss"], "test_loss": last_eval["test_loss"],
+                   "test_acc": last_eval["test_acc"], "run_dir": self.dir}
+        with open(os.path.join(self.dir, SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+
+
+def _jsonable(v):
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
