@@ -64,6 +64,8 @@ class Dataset:
             raise
 
     def _read_header(self):
+        if self.file.attrs.get("kind") == "hfmeta checkpoint":
+            raise UserError(f"{self.path} is an hfmeta checkpoint, not a dataset")
         missing = [k for k in _REQUIRED if k not in self.file]
         missing += [f"attribute {a}" for a in _REQUIRED_ATTRS if a not in self.file.attrs]
         if missing:
