@@ -6,6 +6,7 @@ import os
 import time
 
 import click
+import numpy as np
 
 DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "adam"}
 
@@ -87,7 +88,9 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     if not quiet:
         click.echo(f"training {run.model!r} with {run.opt!r} for {run.total_steps} steps "
                    f"-> {run.dir}", err=True)
-    with click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,
-                           file=click.get_text_stream("stderr")) as bar:
+    # a diverging run is reported by the non-finite-loss check, not by NumPy warnings
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+            click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,
+                              file=click.get_text_stream("stderr")) as bar:
         summary = run.train(on_step=lambda step, info: bar.update(1))
     click.echo(format_summary(summary))

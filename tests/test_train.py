@@ -1,0 +1,164 @@
+"""Training runs from the command line: summary, run folder, resume after SIGKILL, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hfmeta.cli import cli
+from hfmeta.datasets.hdf5 import DatasetWriter
+from hfmeta.storage import load_checkpoint
+
+TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--batch-size", "32"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("hfmeta: error: "), result.output
+    for frag in fragments:
+        assert frag in lines[-1], lines[-1]
+    assert "Traceback" not in result.output
+
+
+def test_train_prints_summary_and_writes_run_folder(tmp_path):
+    out = tmp_path / "run"
+    r = invoke("-q", "train", *TINY, "--steps", "12", "--eval-every", "5", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and "12 steps" in r.output
+    assert {"config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"} <= set(os.listdir(out))
+    lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    steps = [x for x in lines if x["kind"] == "step"]
+    evals = [x for x in lines if x["kind"] == "eval"]
+    assert [x["step"] for x in steps] == list(range(1, 13))
+    assert [x["step"] for x in evals] == [5, 10, 12]
+    assert all(x["samples"] == 32 * x["step"] for x in lines)
+    assert all(np.isfinite(x["loss"]) for x in steps)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["steps"] == 12 and 0 <= summary["test_acc"] <= 1
+    ck = load_checkpoint(out / "checkpoint.h5")
+    assert ck["step"] == 12 and ck["weights"]["w"].shape == (summary["params"],)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    r = invoke("-q", "train", *TINY, "--steps", "60", "--eval-every", "20",
+               "--hp", "lr=0.003", "--out", str(tmp_path / "r"))
+    assert r.exit_code == 0, r.output
+    evals = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")
+             if json.loads(x)["kind"] == "eval"]
+    assert evals[-1]["train_loss"] < 0.6 * evals[0]["train_loss"]
+    assert evals[-1]["test_acc"] > 0.7
+
+
+def _hfmeta(*args):
+    return [sys.executable, "-c", "from hfmeta.cli import main; main()", *args]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    """A run killed with SIGKILL and resumed ends with the same weights as one never stopped."""
+    args = ["-q", "train", *TINY, "--steps", "600", "--checkpoint-every", "7", "--eval-every", "50"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_hfmeta(*args, "--out", str(killed)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ck = killed / "checkpoint.h5"
+        if ck.exists() and load_checkpoint(ck)["step"] >= 21:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    stopped_at = load_checkpoint(killed / "checkpoint.h5")["step"]
+    assert 21 <= stopped_at < 600
+
+    r = invoke("-q", "train", "--resume", str(killed))
+    assert r.exit_code == 0, r.output
+    r = invoke(*args, "--out", str(clean))
+    assert r.exit_code == 0, r.output
+    w_killed = load_checkpoint(killed / "checkpoint.h5")["weights"]["w"]
+    w_clean = load_checkpoint(clean / "checkpoint.h5")["weights"]["w"]
+    np.testing.assert_array_equal(w_killed, w_clean)
+    steps = [json.loads(x)["step"] for x in open(killed / "metrics.jsonl")
+             if json.loads(x)["kind"] == "step"]
+    assert steps == list(range(1, 601))          # no duplicated or missing lines
+
+
+def test_sigint_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_hfmeta("train", *TINY, "--steps", "100000", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    while time.time() < deadline and (out / "metrics.jsonl").stat().st_size < 2000:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("hfmeta: error: interrupted at step")
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.h5")["step"] > 0
+
+
+def test_unknown_model_optimizer_dataset(tmp_path):
+    one_line_error(invoke("train", "--model", "nope", "--out", str(tmp_path / "a")), 1,
+                   "unknown model 'nope'")
+    one_line_error(invoke("train", "--optimizer", "nope", "--out", str(tmp_path / "b")), 1,
+                   "unknown optimizer 'nope'")
+    one_line_error(invoke("train", "--data", "nope", "--out", str(tmp_path / "c")), 1, "nope")
+    one_line_error(invoke("train", "--hp", "bogus=1", "--out", str(tmp_path / "d")), 1, "bogus")
+    assert not any((tmp_path / d).exists() for d in "abcd")   # nothing written on bad input
+
+
+def test_missing_and_corrupt_data_file(tmp_path):
+    one_line_error(invoke("train", "--data", str(tmp_path / "none.h5")), 1, "does not exist")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"this is not hdf5" * 10)
+    one_line_error(invoke("train", "--data", str(bad)), 1, "bad.h5")
+
+
+def test_model_data_shape_mismatch(tmp_path):
+    path = tmp_path / "tiny.h5"
+    rng = np.random.default_rng(0)
+    with DatasetWriter(str(path), "tiny", [str(i) for i in range(3)], (1, 3, 3), {"source": "test"}) as w:
+        w.append("train", rng.integers(0, 255, (40, 1, 3, 3), dtype=np.uint8), rng.integers(0, 3, 40))
+        w.append("test", rng.integers(0, 255, (10, 1, 3, 3), dtype=np.uint8), rng.integers(0, 3, 10))
+    one_line_error(invoke("train", "--model", "cnn-big", "--data", str(path),
+                          "--out", str(tmp_path / "r")), 1, "does not fit")
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    r = invoke("train", *TINY, "--optimizer", "sgd", "--hp", "lr=1e30", "--steps", "50",
+               "--checkpoint-every", "1", "--out", str(out))
+    one_line_error(r, 3, "non-finite loss", "last good checkpoint")
+    ck = load_checkpoint(out / "checkpoint.h5")
+    assert np.isfinite(ck["weights"]["w"]).all()
+
+
+def test_gpu_without_cupy_is_a_clean_error(tmp_path, monkeypatch):
+    from hfmeta import backend
+    monkeypatch.setattr(backend, "cupy_available", lambda: False)
+    one_line_error(invoke("--device", "gpu", "train", "--out", str(tmp_path / "g")), 1, "CuPy")
+
+
+def test_resume_of_a_non_run_folder(tmp_path):
+    one_line_error(invoke("train", "--resume", str(tmp_path)), 1, "not a run folder")
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    before = (out / "checkpoint.h5").read_bytes()
+    one_line_error(invoke("train", *TINY, "--steps", "2", "--out", str(out)), 1, "already holds a run")
+    assert (out / "checkpoint.h5").read_bytes() == before
