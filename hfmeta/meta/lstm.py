@@ -25,10 +25,13 @@ its ``x``; the raw output is a dense map of the last ``h``:
 :mod:`hfmeta.meta.preprocess`).  The forget-gate bias starts at 1
 (Gers et al. 2000; Jozefowicz et al. 2015).
 
-Forward trick: σ(a) = (1 + tanh(a/2)) / 2, so all four gates are *one* tanh
-of a pre-activation computed with the i, f, o rows of W and b halved,
-followed by a per-column scale and offset -- three passes over (n, 4h)
-instead of separate sigmoid/tanh passes over strided column blocks.
+Two tricks keep a step at one GEMM and few passes over (n, 4h):
+
+* the bias rides in the GEMM: ``z`` carries a ones column, ``a = [x, h_prev, 1] [W | b]ᵀ``
+  (so ``b̄ = Σ_n ā`` also falls out of the ``W̄`` GEMM);
+* σ(a) = (1 + tanh(a/2)) / 2, so all four gates are *one* tanh of a
+  pre-activation computed with the i, f, o rows of ``[W | b]`` halved,
+  followed by a per-column scale and offset.
 
 Backward (per layer, given ``h̄`` and ``c̄`` arriving from above and from the
 next step)::
@@ -36,12 +39,15 @@ next step)::
     ō = h̄ ⊙ tanh c;   c̄ ← c̄ + h̄ ⊙ o ⊙ (1 − tanh² c)
     ī = c̄ ⊙ g;  f̄ = c̄ ⊙ c_prev;  ḡ = c̄ ⊙ i;  c̄_prev = c̄ ⊙ f
     ā = [ī σ'(i), f̄ σ'(f), ḡ (1 − g²), ō σ'(o)]   with σ' = s (1 − s)
-    W̄ += āᵀ z;  b̄ += Σ_n ā;  z̄ = ā W = [x̄, h̄_prev]
+      (computed for all blocks at once as ā ⊙ (1 − gates) ⊙ (gates + low),
+       low = 0 for σ and 1 for tanh)
+    [W̄ | b̄] += āᵀ [x, h_prev, 1];   z̄ = ā W = [x̄, h̄_prev]
 
-**Cache of one step** (per layer): ``z`` (i + h), the gate activations (4h),
-``c_prev`` (h) and ``tanh c`` (h): Σ_l (i_l + 7 h_l) numbers per row.  For
-MLHF (3 inputs, two layers of 4 units) that is 31 + 32 = 63 numbers, 252 bytes
-per coordinate per step in float32 (about 440 MB per step for 1.76M rows).
+**Cache of one step** (per layer): ``z`` (i + h + 1), the gate activations
+(4h), ``c_prev`` (h) and ``tanh c`` (h): Σ_l (i_l + 7 h_l + 1) numbers per
+row.  For MLHF (3 inputs, two layers of 4 units) that is 32 + 33 = 65
+numbers, 260 bytes per coordinate per step in float32 (about 458 MB per step
+for 1.76M rows, 4.6 GB for an unroll of 10 per RNN).
 The last layer's ``h`` is recomputed in backward as ``o ⊙ tanh c``.
 """
 from __future__ import annotations
@@ -90,6 +96,8 @@ class CoordinateLSTM:
         # σ(a) = ½ + ½ tanh(a/2): per-column scale (½ for i, f, o; 1 for g) and offset
         self._gate_scale = [np.repeat([0.5, 0.5, 1.0, 0.5], h) for h in self.hidden]
         self._gate_shift = [np.repeat([0.5, 0.5, 0.0, 0.5], h) for h in self.hidden]
+        # lower end of each gate's range, negated: σ' = (s + 0)(1 − s), tanh' = (g + 1)(1 − g)
+        self._gate_low = [np.repeat([0.0, 0.0, 1.0, 0.0], h) for h in self.hidden]
 
     def config(self) -> dict:
         """JSON-serialisable constructor arguments."""
@@ -137,7 +145,10 @@ class CoordinateLSTM:
         p = self.views(theta)
         new_state, cache = [], []
         for l, (h_prev, c_prev) in enumerate(state):
-            z = xp.concatenate([x, h_prev], axis=1)
+            z = xp.empty((x.shape[0], x.shape[1] + h_prev.shape[1] + 1), dtype=x.dtype)
+            z[:, :x.shape[1]] = x                   # z = [x, h_prev, 1]
+            z[:, x.shape[1]:-1] = h_prev
+            z[:, -1] = 1
             gates, c, tanh_c, h = self._layer_forward(xp, p, l, z, c_prev)
             new_state.append((h, c))
             cache.append((z, gates, c_prev, tanh_c))
@@ -149,8 +160,8 @@ class CoordinateLSTM:
     def _layer_forward(self, xp, p, l, z, c_prev):
         H = self.hidden[l]
         scale = xp.asarray(self._gate_scale[l], dtype=z.dtype)
-        gates = z @ (p[f"layer{l}.weight"] * scale[:, None]).T      # halved i, f, o rows
-        gates += p[f"layer{l}.bias"] * scale
+        w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
+        gates = z @ (w_b * scale[:, None]).T        # [W | b] with the i, f, o rows halved
         xp.tanh(gates, out=gates)
         gates *= scale
         gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)     # now σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
@@ -190,7 +201,7 @@ class CoordinateLSTM:
         for l in reversed(range(L)):
             dh = _add(dh, d_state[l][0])
             dz, dc_prev = self._layer_backward(xp, p, dp, l, cache[l], dh, d_state[l][1])
-            n_in = dz.shape[1] - self.hidden[l]
+            n_in = dz.shape[1] - self.hidden[l]     # dz = [x̄, h̄_prev]
             d_state_prev[l] = (dz[:, n_in:], dc_prev)
             dh = dz[:, :n_in]
         return d_theta, dh, d_state_prev
@@ -212,11 +223,13 @@ class CoordinateLSTM:
         xp.multiply(dc_total, c_prev, out=da_f)
         xp.multiply(dc_total, i, out=da_g)
         dc_total *= f                                      # now c̄_prev
-        for d, s in ((da_i, i), (da_f, f), (da_o, o)):     # σ' = s (1 − s)
-            d *= s - s * s
-        da_g *= 1 - g * g                                  # tanh' = 1 − g²
-        dp[f"layer{l}.weight"][...] += da.T @ z
-        dp[f"layer{l}.bias"][...] += da.sum(axis=0)
+        # through the nonlinearities, all four blocks in two passes:
+        # σ' = (0 + s)(1 − s) on i, f, o and tanh' = (1 + g)(1 − g) on g
+        da *= 1 - gates
+        da *= gates + xp.asarray(self._gate_low[l], dtype=gates.dtype)
+        d_w_b = da.T @ z                            # [W̄ | b̄]: the ones column sums ā over rows
+        dp[f"layer{l}.weight"][...] += d_w_b[:, :-1]
+        dp[f"layer{l}.bias"][...] += d_w_b[:, -1]
         return da @ p[f"layer{l}.weight"], dc_total
 
     def backward(self, theta, caches, d_outs, d_final_state=None):
