@@ -192,7 +192,7 @@ class CoordinateLSTM:
         d_state = d_state if d_state is not None else [(None, None)] * L
         dh = None
         if d_out is not None:
-            z, gates, _, tanh_c = cache[-1]
+            _, gates, _, tanh_c = cache[-1]
             h_last = gates[:, 3 * self.hidden[-1]:] * tanh_c
             dp["out.weight"][...] += d_out.T @ h_last
             dp["out.bias"][...] += d_out.sum(axis=0)
