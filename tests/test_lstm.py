@@ -43,9 +43,9 @@ class Unroll:
         k += nx
         state = []
         for h in lstm.hidden:
-            hc = z[k:k + N_ROWS * h].reshape(N_ROWS, h), z[k + N_ROWS * h:k + 2 * N_ROWS * h].reshape(N_ROWS, h)
-            state.append(hc)
-            k += 2 * N_ROWS * h
+            m = N_ROWS * h
+            state.append((z[k:k + m].reshape(N_ROWS, h), z[k + m:k + 2 * m].reshape(N_ROWS, h)))
+            k += 2 * m
         return theta, xs, state
 
     def run(self, z):
@@ -309,7 +309,8 @@ def test_bank_to_dict_round_trip():
     bank2, theta2 = LSTMBank.from_dict(d)
     assert bank2.groups == bank.groups and bank2.size == bank.size
     np.testing.assert_array_equal(theta2, theta)
-    np.testing.assert_array_equal(_bank_unroll(bank2, theta2, xs)[0][-1], _bank_unroll(bank, theta, xs)[0][-1])
+    np.testing.assert_array_equal(_bank_unroll(bank2, theta2, xs)[0][-1],
+                                  _bank_unroll(bank, theta, xs)[0][-1])
     with pytest.raises(KeyError, match="no LSTM for group"):
         bank.step(theta, {}, xs[0], {"bn.beta": slice(0, 2)})
 

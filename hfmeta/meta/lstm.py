@@ -164,7 +164,7 @@ class CoordinateLSTM:
         gates = z @ (w_b * scale[:, None]).T        # [W | b] with the i, f, o rows halved
         xp.tanh(gates, out=gates)
         gates *= scale
-        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)     # now σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
+        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)  # σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
         i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
         c = f * c_prev
         c += i * g
