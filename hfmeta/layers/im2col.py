@@ -18,9 +18,10 @@ copied or transposed:
 * input gradient      dcols = Wᵀ @ dY,  dx = col2im(dcols)
 
 Only the output-sized arrays (o, n·L) change axis order: ``Y`` is handed on as
-the NCHW *view* ``Y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)`` and ``dy``
-is brought back to (o, n·L) once per backward (a free reshape whenever ``dy``
-kept that memory order, as elementwise layers in between preserve it).  The
+the NCHW *view* ``Y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)`` (elementwise
+layers such as ReLU keep that memory order), and ``dy`` is brought back to
+(o, n·L) once per backward (one output-sized copy; free when ``dy`` already
+has that memory order, e.g. an R-op output).  The
 alternatives cost more: (n, K, L) turns the forward into n small matrix
 products and the weight gradient into either a copy of the columns or an
 (n, o, K) intermediate; (n·L, K) ("im2row") yields NHWC outputs that must be
