@@ -152,3 +152,41 @@ def test_backward_selected_outputs_and_zero_start():
         pcg_backward(res, apply_A, x_bar, None, need=("P",))
     with pytest.raises(ValueError):
         pcg_backward(pcg(apply_A, b, None, None, n=3, record=False), apply_A, x_bar)
+
+
+@pytest.mark.gpu
+def test_gpu_curvature_diagonals_and_pcg_match_cpu():
+    """One code path: the CuPy run of every curvature routine equals the NumPy run."""
+    from hfmeta import backend, diagonal
+    from hfmeta.model import Model
+    from test_curvature import CLASSES, _net
+
+    model, w, x, y, _ = tiny_problem("cnn-bn")
+    net, in_shape = _net("cnn-bn")
+    gpu_model = Model(net, in_shape, CLASSES, dtype="float64", device="gpu")
+    to_gpu = lambda a: backend.to_device(a, "gpu")  # noqa: E731
+    loss = SoftmaxCrossEntropy()
+    lin_c, lin_g = model.linearize(w, x), gpu_model.linearize(to_gpu(w), to_gpu(x))
+    rng = np.random.default_rng(0)
+    v, s = rng.standard_normal(w.size), 0.1 + rng.random(w.size)
+
+    def same(cpu, gpu):
+        assert rel_error(cpu, backend.asnumpy(gpu)) < 1e-12
+
+    same(curvature.gvp(lin_c, loss, v), curvature.gvp(lin_g, loss, to_gpu(v)))
+    same(curvature.hvp(lin_c, loss, y, v), curvature.hvp(lin_g, loss, to_gpu(y), to_gpu(v)))
+    same(diagonal.exact_diag_ggn(lin_c, loss), diagonal.exact_diag_ggn(lin_g, loss))
+    same(diagonal.becker_lecun_diag(lin_c, loss), diagonal.becker_lecun_diag(lin_g, loss))
+    same(diagonal.hutchinson_diag(lin_c, loss, 3, np.random.default_rng(1)),
+         diagonal.hutchinson_diag(lin_g, loss, 3, np.random.default_rng(1)))
+    A_c = curvature.operator(lin_c, loss, s)
+    A_g = curvature.operator(lin_g, loss, to_gpu(s))
+    P, b = 0.5 + rng.random(w.size), rng.standard_normal(w.size)
+    res_c = pcg(A_c, b, v, P, 4)
+    res_g = pcg(A_g, to_gpu(b), to_gpu(v), to_gpu(P), 4)
+    same(res_c.x, res_g.x)
+    same(res_c.r, res_g.r)
+    grads_c = pcg_backward(res_c, A_c, b, v)
+    grads_g = pcg_backward(res_g, A_g, to_gpu(b), to_gpu(v))
+    for key in ("s", "P", "b", "x0"):
+        same(grads_c[key], grads_g[key])
