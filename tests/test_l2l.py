@@ -1,0 +1,151 @@
+"""L2L: meta-gradient against finite differences, meta-training, transfer, optimizer interface."""
+import numpy as np
+import pytest
+
+from hfmeta.errors import UserError
+from hfmeta.gradcheck import central_difference, rel_error
+from hfmeta.meta.l2l import L2L, MetaTrainer
+from hfmeta.meta.unroll import CoordinateGroups, replay_meta_loss
+from hfmeta.models import build
+from hfmeta.problem import Problem
+
+T = 3
+
+
+def random_batches(model, n_batches, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n,) + model.in_shape), rng.integers(0, model.classes, n))
+            for _ in range(n_batches)]
+
+
+def tiny_cnn(name="cnn-small", in_shape=(1, 6, 6), **options):
+    options = options or ({"channels": 2} if name == "cnn-small" else {})
+    return build(name, in_shape, 3, dtype="float64", **options)
+
+
+def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3, h=1e-4,
+                         **options):
+    """Relative errors of one unroll's meta-gradient (T = 3) against central differences.
+
+    The unroll is the meta-trainer's own; the finite-difference side replays it
+    with the LSTM inputs (gradients, and h for SLSTM) frozen at the recorded
+    values and the LSTM states free, and differences the mean loss along it.
+    The meta-parameters are moved off their initialisation and the initial
+    LSTM states are random, so nothing sits at a special point.
+    """
+    problem = Problem(model)
+    batches = random_batches(model, T + 1, seed=seed)
+    trainer = trainer_cls(problem, iter(batches), unroll=T, reset_prob=1.0, replay=0,
+                          seed=seed, **options)
+    rng = np.random.default_rng(seed + 1)
+    trainer.theta = trainer.theta + 0.2 * rng.standard_normal(trainer.theta.size)
+    trainer._maybe_reset()
+    trainer.states = {g: [(0.3 * rng.standard_normal(h_.shape), rng.standard_normal(c.shape))
+                          for h_, c in layers] for g, layers in trainer.states.items()}
+    rec = trainer._unroll()
+    rule = trainer.opt.rule
+
+    def meta_loss(theta):
+        return np.array([replay_meta_loss(rule, theta, problem, rec.w0, rec.states0,
+                                          rec.inputs, batches[1:])])
+
+    theta0 = trainer.theta
+    same_value = abs(meta_loss(theta0)[0] - np.mean(rec.losses))
+    coords = np.sort(rng.choice(theta0.size, n_coords, replace=False))
+    fd = np.empty(n_coords)
+    e = np.zeros_like(theta0)
+    for k, c in enumerate(coords):
+        e[c] = 1.0
+        fd[k] = central_difference(meta_loss, theta0, e, h)[0]
+        e[c] = 0.0
+    coord_error = rel_error(rec.d_theta[coords], fd)
+    direction_errors = []
+    for _ in range(n_directions):
+        v = rng.standard_normal(theta0.size)
+        v /= np.linalg.norm(v)
+        direction_errors.append(rel_error(rec.d_theta @ v,
+                                          central_difference(meta_loss, theta0, v, h)[0]))
+    return same_value, coord_error, max(direction_errors)
+
+
+@pytest.mark.parametrize("name", ["cnn-small", "mlp"])
+def test_meta_gradient_matches_finite_differences(name):
+    model = tiny_cnn() if name == "cnn-small" else build("mlp", (1, 3, 3), 3, hidden=(5, 4),
+                                                         dtype="float64")
+    same, coord_err, dir_err = meta_gradient_errors(MetaTrainer, model)
+    assert same < 1e-12
+    assert coord_err < 1e-7, coord_err
+    assert dir_err < 1e-7, dir_err
+
+
+def test_groups_by_type_are_contiguous():
+    model = tiny_cnn("cnn-big", (1, 8, 8))
+    groups = CoordinateGroups(model.layout, per_layer=False)
+    assert groups.names == ["conv", "fc"] and groups.perm is None
+    lay = model.layout
+    assert groups.row_slices["conv"] == slice(0, lay.kind_slice("conv.bias").stop)
+    assert groups.row_slices["fc"] == slice(lay.kind_slice("fc.weight").start, lay.size)
+
+
+def test_step_interface_and_state_round_trip():
+    model = tiny_cnn()
+    problem = Problem(model)
+    opt = L2L.from_meta(None, model, untrained=True)
+    batches = random_batches(model, 6)
+    w = model.init(0)
+    state = opt.init(w)
+    assert sorted(k for k in state if k != "t") == sorted(
+        f"lstm.{g}.{l}.{n}" for g in ("conv", "fc") for l in (0, 1) for n in "hc")
+    for batch in batches[:3]:
+        w, state, info = opt.step(problem, w, state, batch)
+        assert np.isfinite(info["loss"]) and info["step_norm"] > 0
+    saved, w_saved = opt.state_to_dict(state), w.copy()
+    for batch in batches[3:]:
+        w, state, _ = opt.step(problem, w, state, batch)
+    w2, state2 = w_saved, opt.state_from_dict(saved)
+    for batch in batches[3:]:
+        w2, state2, _ = opt.step(problem, w2, state2, batch)
+    assert np.array_equal(w, w2)
+
+
+def test_save_load_and_transfer(tmp_path):
+    small = tiny_cnn("cnn-small", (1, 8, 8))
+    trainer = MetaTrainer(Problem(small), iter(random_batches(small, 20, seed=3)), unroll=2)
+    trainer.run(2)
+    path = str(tmp_path / "l2l.h5")
+    trainer.save(path, command="test")
+    same = L2L.from_meta(path, small)
+    assert np.array_equal(same.theta, trainer.theta)
+    big = tiny_cnn("cnn-big", (1, 8, 8))           # same layer types, more layers
+    opt = L2L.from_meta(path, big)
+    assert opt.groups.names == ["conv", "fc"]
+    problem, w = Problem(big), big.init(1)
+    state = opt.init(w)
+    for batch in random_batches(big, 3):
+        w, state, info = opt.step(problem, w, state, batch)
+        assert np.isfinite(info["loss"])
+    resnet = build("resnet-mini", (3, 8, 8), 3, dtype="float64", width=0.25)
+    with pytest.raises(UserError, match="no LSTM for bn layers"):
+        L2L.from_meta(path, resnet)
+
+
+def test_missing_meta_file_is_a_clear_error(tmp_path, monkeypatch):
+    import hfmeta.meta.l2l as l2l
+    monkeypatch.setattr(l2l, "shipped_path", lambda name: str(tmp_path / f"{name}.h5"))
+    with pytest.raises(UserError, match="untrained=True"):
+        L2L.from_meta(None, tiny_cnn())
+    with pytest.raises(UserError, match="does not exist"):
+        L2L.from_meta(str(tmp_path / "nope.h5"), tiny_cnn())
+
+
+def test_resume_from_continues_meta_training(tmp_path):
+    model = tiny_cnn()
+    batches = random_batches(model, 40, seed=5)
+    a = MetaTrainer(Problem(model), iter(batches), unroll=2, reset_prob=1.0, replay=0)
+    a.run(2)
+    path = str(tmp_path / "m.h5")
+    a.save(path)
+    b = MetaTrainer(Problem(model), iter(batches), unroll=2, reset_prob=1.0, replay=0)
+    b.resume_from(path)
+    assert b.iteration == 2 and np.array_equal(b.theta, a.theta)
+    assert np.array_equal(b.adam.m, a.adam.m) and b.adam.t == a.adam.t
