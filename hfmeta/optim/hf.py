@@ -20,7 +20,8 @@ reduction ratio (Moré 1978; Martens 2010, section 4.1)::
     ρ = (l(w − lr d) − l(w)) / q         (same mini-batch, one extra forward)
     ρ < 1/4 → λ ← λ / decay,   ρ > 3/4 → λ ← λ · decay,   λ clipped to [1e-3, 1]
 
-State: ``d`` (the previous solution), ``damping`` (λ), ``t``.
+The step is always taken, whatever ρ (as in the MLHF baselines); only λ
+reacts.  State: ``d`` (the previous solution), ``damping`` (λ), ``t``.
 """
 from __future__ import annotations
 
