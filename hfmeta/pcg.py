@@ -90,7 +90,7 @@ def _precondition(r, P):
 
 
 def pcg(apply_A, b, x0=None, P=None, n=4, eps=0.0, curvature_floor=CURVATURE_FLOOR,
-        rho_floor=RHO_FLOOR, record=True) -> PCGResult:
+        rho_floor=RHO_FLOOR, record=True, r0=None) -> PCGResult:
     """Run at most ``n`` PCG iterations on ``A x = b`` (flat vectors).
 
     Parameters
@@ -101,11 +101,15 @@ def pcg(apply_A, b, x0=None, P=None, n=4, eps=0.0, curvature_floor=CURVATURE_FLO
     n : maximum iterations; eps : stop when ‖r_i‖ < eps (0 = never test: no host sync)
     curvature_floor, rho_floor : the positive floors of the α and β denominators
     record : keep the iterates for :func:`pcg_backward` (memory: 3(k+1) vectors)
+    r0 : the initial residual ``b − A x0`` when the caller already has it (MLHF
+        feeds it to RNN_p before PCG starts); saves that product
     """
     if not (curvature_floor > 0 and rho_floor > 0):
         raise ValueError("PCG floors must be positive (they replace zero denominators)")
     xp = backend.get_array_module(b)
-    if x0 is None:
+    if r0 is not None:
+        r, products = r0, 0 if x0 is None else 1    # the caller paid for A x0
+    elif x0 is None:
         r, products = b.copy(), 0
     else:
         r, products = b - apply_A(x0), 1

@@ -23,7 +23,7 @@ adjoint of im2col; ``⋆`` = correlation of an output cotangent with an input):
 """
 from __future__ import annotations
 
-from .base import Layer, he_normal
+from .base import Layer, fan_in_uniform
 from .im2col import col2im, im2col, output_size, pair
 
 
@@ -64,9 +64,9 @@ class Conv2d(Layer):
 
     def init_params(self, rng):
         fan_in = self.in_shape[0] * self.kernel[0] * self.kernel[1]
-        p = {"weight": he_normal(rng, self.weight_shape(), fan_in)}
+        p = {"weight": fan_in_uniform(rng, self.weight_shape(), fan_in)}
         if self.bias:
-            p["bias"] = 0.0 * rng.standard_normal(self.out_channels)  # zeros, rng kept in step
+            p["bias"] = fan_in_uniform(rng, (self.out_channels,), fan_in)
         return p
 
     # -- the matrix picture ---------------------------------------------------

@@ -15,7 +15,7 @@ Derivatives (all linear algebra, no approximation):
 """
 from __future__ import annotations
 
-from .base import Layer, he_normal
+from .base import Layer, fan_in_uniform
 
 
 class Linear(Layer):
@@ -37,9 +37,10 @@ class Linear(Layer):
         return specs
 
     def init_params(self, rng):
-        p = {"weight": he_normal(rng, (self.out_features, self.in_shape[0]), self.in_shape[0])}
+        fan_in = self.in_shape[0]
+        p = {"weight": fan_in_uniform(rng, (self.out_features, fan_in), fan_in)}
         if self.bias:
-            p["bias"] = 0.0 * rng.standard_normal(self.out_features)  # zeros, rng kept in step
+            p["bias"] = fan_in_uniform(rng, (self.out_features,), fan_in)
         return p
 
     def forward(self, p, x, train, state=None):

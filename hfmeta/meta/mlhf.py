@@ -1,0 +1,248 @@
+"""MLHF: Meta-Learning with Hessian-Free (Chen, Lu & Fokoue, AAAI 2019), Algorithm 1.
+
+Per training step t with mini-batch (x^t, y^t)::
+
+    g   = ∇l(w^t)                                     (gradient, one forward+backward)
+    s   = softplus(RNN_s(tanh g, tanh d_prev, tanh r_prev)) + s_min       (damping)
+    A v = G v + s ⊙ v                                 (G: Gauss-Newton at (w^t, x^t))
+    x0  = d_prev,   r0 = g − A x0
+    P   = softplus(RNN_p(tanh g, tanh x0, tanh r0)) + p_min               (preconditioner)
+    d, r = PCG(g, A, x0, P, n = 4, eps = 0)           (n + 1 products with A)
+    w^{t+1} = w^t − lr · d,   lr = b_tr / b_mt
+
+RNN_s and RNN_p are coordinate-wise two-layer LSTMs of 4 units
+(:mod:`hfmeta.meta.lstm`), one set of meta-parameters per parameter kind
+(conv.weight, conv.bias, fc.weight, fc.bias, bn.gamma, bn.beta): each kind is
+a contiguous slice of the flat vector (:mod:`hfmeta.params`), so a bank group
+runs on ``vec[layout.kind_slice(kind)]``.  P is computed once per step from
+its inputs and reused in every PCG iteration (released code).
+
+This module holds the meta-nets (:class:`MLHFNets`), the step shared by
+inference and meta-training (:func:`mlhf_direction`), and the optimizer
+(:class:`MLHF`).  Meta-training lives in :mod:`hfmeta.meta.mlhf_train`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from ..errors import UserError
+from ..optim.base import Optimizer
+from ..params import KINDS
+from ..pcg import pcg
+from .bank import LSTMBank
+from .common import load_meta, save_meta
+from .preprocess import Softplus, Tanh, build_inputs
+from .registry import shipped_path
+
+S_MIN = 2e-5        # s = RNN_s(...) + 2e-5 (METHODS.md, MLHF step 2)
+P_MIN = 1e-5        # keeps P > 0 when softplus underflows (ours; say so)
+TANH3 = (Tanh(), Tanh(), Tanh())
+SOFTPLUS = Softplus()
+
+
+class MLHFNets:
+    """RNN_s and RNN_p: two :class:`LSTMBank` s over the six parameter kinds.
+
+    ``theta`` is one flat vector ``[theta_s, theta_p]`` (``theta_p`` empty
+    when ``use_rnn_p`` is false: the ablation without RNN_p uses P = I).
+    """
+
+    def __init__(self, hidden=(4, 4), kinds=KINDS, use_rnn_p=True, n=4,
+                 s_min=S_MIN, p_min=P_MIN, b_mt=64):
+        self.hidden, self.kinds = tuple(hidden), tuple(kinds)
+        self.use_rnn_p, self.n = bool(use_rnn_p), int(n)
+        self.s_min, self.p_min, self.b_mt = float(s_min), float(p_min), int(b_mt)
+        self.rnn_s = LSTMBank.uniform(self.kinds, 3, self.hidden)
+        self.rnn_p = LSTMBank.uniform(self.kinds, 3, self.hidden) if use_rnn_p else None
+        self.size_s = self.rnn_s.size
+        self.size = self.size_s + (self.rnn_p.size if use_rnn_p else 0)
+
+    def config(self):
+        return {"hidden": list(self.hidden), "kinds": list(self.kinds),
+                "use_rnn_p": self.use_rnn_p, "n": self.n, "s_min": self.s_min,
+                "p_min": self.p_min, "b_mt": self.b_mt}
+
+    def split(self, theta):
+        """``(theta_s, theta_p)`` views of the flat meta-parameters."""
+        return theta[:self.size_s], (theta[self.size_s:] if self.use_rnn_p else None)
+
+    def init(self, seed=0, xp=np, dtype=np.float64):
+        rng = np.random.default_rng(seed)
+        parts = [self.rnn_s.init(rng)]
+        if self.use_rnn_p:
+            parts.append(self.rnn_p.init(rng))
+        return xp.asarray(np.concatenate(parts), dtype=dtype)
+
+    def rows(self, layout):
+        """``{kind: slice}`` of the kinds present in ``layout``; error on unknown kinds."""
+        missing = [k for k in layout.kinds if k not in self.kinds]
+        if missing:
+            raise UserError(f"MLHF meta-parameters cover kinds {', '.join(self.kinds)}; "
+                            f"the model also has {', '.join(missing)}")
+        return {k: layout.kind_slice(k) for k in layout.kinds}
+
+    def zero_states(self, rows, xp, dtype):
+        states = {"s": self.rnn_s.zero_state(rows, xp, dtype)}
+        if self.use_rnn_p:
+            states["p"] = self.rnn_p.zero_state(rows, xp, dtype)
+        return states
+
+    def save(self, path, theta, extra_config=None, extra=None):
+        banks = {"rnn_s": (self.rnn_s, self.split(theta)[0])}
+        if self.use_rnn_p:
+            banks["rnn_p"] = (self.rnn_p, self.split(theta)[1])
+        save_meta(path, "mlhf", {**self.config(), **(extra_config or {})}, banks, extra)
+
+    @classmethod
+    def load(cls, path, xp=np, dtype=None):
+        """``(nets, theta, config, extra)`` from a file written by :meth:`save`."""
+        config, banks, extra = load_meta(path, "mlhf", xp, dtype)
+        nets = cls(hidden=config["hidden"], kinds=config["kinds"], use_rnn_p=config["use_rnn_p"],
+                   n=config["n"], s_min=config["s_min"], p_min=config["p_min"],
+                   b_mt=config["b_mt"])
+        parts = [banks["rnn_s"][1]] + ([banks["rnn_p"][1]] if nets.use_rnn_p else [])
+        theta = xp.concatenate(parts) if len(parts) > 1 else parts[0]
+        if theta.shape != (nets.size,):
+            raise UserError(f"{path}: meta-parameters do not match their configuration")
+        return nets, theta, config, extra
+
+
+@dataclass
+class Direction:
+    """One MLHF step's quantities (what meta-training differentiates through)."""
+    s: object              # damping (N,)
+    P: object              # preconditioner (N,) or None
+    out_s: object          # raw RNN_s output (N, 1), for softplus'
+    out_p: object          # raw RNN_p output (N, 1) or None
+    pcg: object            # PCGResult: x = d_n, r = r_n
+    apply_A: object        # v -> G v + s ⊙ v at (w^t, x^t)
+    cache_s: object        # LSTM caches (meta-training only)
+    cache_p: object
+    inputs_s: object       # RNN inputs (stop-gradient constants)
+    inputs_p: object
+
+
+def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, record=False,
+                   inputs=None):
+    """Steps 2-5 of Algorithm 1 at the linearization ``lin`` with gradient ``g``.
+
+    ``states`` (LSTM states, updated in place: ``states["s"]``, ``states["p"]``),
+    ``d_prev``/``r_prev`` the previous solution and residual (``None`` at the
+    start).  ``inputs`` replaces the RNN inputs by given constants (the
+    finite-difference replay of meta-training).  Returns a :class:`Direction`.
+    """
+    xp = backend.get_array_module(g)
+    theta_s, theta_p = nets.split(theta)
+    zeros = None if d_prev is not None and r_prev is not None else xp.zeros_like(g)
+    d0 = zeros if d_prev is None else d_prev
+    rp = zeros if r_prev is None else r_prev
+    x_s = build_inputs(TANH3, (g, d0, rp)) if inputs is None else inputs[0]
+    out_s, states["s"], cache_s = nets.rnn_s.step(theta_s, states["s"], x_s, rows)
+    s = SOFTPLUS.forward(out_s[:, 0])
+    s += nets.s_min
+
+    def apply_A(v):
+        return problem.gvp(lin, v, s)
+
+    x0 = d_prev                                   # None at the start: r0 = g, no product
+    r0 = g if x0 is None else g - apply_A(x0)
+    P = out_p = cache_p = x_p = None
+    if nets.use_rnn_p:
+        x_p = build_inputs(TANH3, (g, d0, r0)) if inputs is None else inputs[1]
+        out_p, states["p"], cache_p = nets.rnn_p.step(theta_p, states["p"], x_p, rows)
+        P = SOFTPLUS.forward(out_p[:, 0])
+        P += nets.p_min
+    result = pcg(apply_A, g, x0, P, nets.n, eps=0.0, r0=r0, record=record)
+    return Direction(s, P, out_s, out_p, result, apply_A, cache_s, cache_p, x_s, x_p)
+
+
+class MLHF(Optimizer):
+    """The MLHF optimizer (inference): meta-trained RNN_s, RNN_p and 4-step PCG.
+
+    Hyper-parameters: ``lr`` ("auto" = b_tr / b_mt, the paper's rule), ``n``
+    (PCG iterations; default: the meta-trained value).  State: the LSTM states
+    of both RNNs per kind and the previous PCG solution ``d_prev`` and residual
+    ``r_prev`` -- all checkpointable.
+    """
+
+    name = "mlhf"
+    defaults = {"lr": "auto", "n": None}
+
+    def __init__(self, nets: MLHFNets, theta, model=None, **hparams):
+        super().__init__(**hparams)
+        self.nets, self.theta = nets, theta
+        if self.hparams["n"] is not None:
+            nets.n = int(self.hparams["n"])
+        self.rows = nets.rows(model.layout) if model is not None else None
+
+    @classmethod
+    def from_meta(cls, path, model, untrained=False, seed=0, **hparams):
+        """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh meta-nets)."""
+        xp = model.xp if model is not None else np
+        dtype = model.dtype if model is not None else np.float64
+        if untrained:
+            nets = MLHFNets()
+            return cls(nets, nets.init(seed, xp, dtype), model, **hparams)
+        if path is None:
+            path = shipped_path("mlhf")
+            if not os.path.exists(path):
+                raise UserError("no shipped MLHF meta-parameters; run `hfmeta meta-train "
+                                "--method mlhf` or pass --meta")
+        nets, theta, _, _ = MLHFNets.load(path, xp, dtype)
+        return cls(nets, theta, model, **hparams)
+
+    def lr_for(self, batch_size):
+        lr = self.hparams["lr"]
+        return batch_size / self.nets.b_mt if lr == "auto" else float(lr)
+
+    def init(self, w):
+        return {"t": 0, "d_prev": None, "r_prev": None, "lstm": None}
+
+    def step(self, problem, w, state, batch):
+        if self.rows is None:
+            self.rows = self.nets.rows(problem.model.layout)
+        xp = backend.get_array_module(w)
+        f, g, lin = self.gradient(problem, w, batch)
+        lstm = state["lstm"] or self.nets.zero_states(self.rows, xp, w.dtype)
+        dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g,
+                              state["d_prev"], state["r_prev"], self.rows)
+        d, r = dirn.pcg.x, dirn.pcg.r
+        lr = self.lr_for(batch[0].shape[0])
+        new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm}
+        info = {"loss": float(f), "step_norm": lr * self.norm(d), "lr": lr,
+                "residual": self.norm(r), "damping_mean": float(dirn.s.mean())}
+        return w - lr * d, new_state, info
+
+    # -- checkpointing: flatten the nested LSTM states ---------------------------------
+    def state_to_dict(self, state):
+        out = {"t": state["t"]}
+        for key in ("d_prev", "r_prev"):
+            if state[key] is not None:
+                out[key] = backend.asnumpy(state[key]).copy()
+        for rnn, groups in (state["lstm"] or {}).items():
+            for kind, layers in groups.items():
+                for l, (h, c) in enumerate(layers):
+                    out[f"lstm.{rnn}.{kind}.{l}.h"] = backend.asnumpy(h).copy()
+                    out[f"lstm.{rnn}.{kind}.{l}.c"] = backend.asnumpy(c).copy()
+        return out
+
+    def state_from_dict(self, d, xp=np):
+        state = {"t": int(d.get("t", 0)), "d_prev": None, "r_prev": None, "lstm": None}
+        for key in ("d_prev", "r_prev"):
+            if key in d:
+                state[key] = xp.asarray(d[key])
+        lstm = {}
+        for key, value in d.items():
+            if key.startswith("lstm."):            # lstm.<rnn>.<kind>.<layer>.<h|c>
+                rnn, rest = key[len("lstm."):].split(".", 1)
+                kind, layer, hc = rest.rsplit(".", 2)
+                lstm.setdefault(rnn, {}).setdefault(kind, {})[int(layer), hc] = xp.asarray(value)
+        if lstm:
+            state["lstm"] = {rnn: {kind: [(hs[l, "h"], hs[l, "c"]) for l in range(len(hs) // 2)]
+                                   for kind, hs in groups.items()}
+                             for rnn, groups in lstm.items()}
+        return state

@@ -1,0 +1,53 @@
+"""Learned optimizers by name, and where their shipped meta-parameters live.
+
+Every learned optimizer module exposes
+
+* an optimizer class with the interface of :mod:`hfmeta.optim.base`
+  (``init``, ``step``, ``state_to_dict``, ``state_from_dict``) and a
+  constructor ``Cls.from_meta(path_or_None, model, **hparams)`` that loads the
+  meta-parameters (``None``: the checkpoint shipped with hfmeta, or untrained
+  meta-nets with ``untrained=True``) and checks that they fit ``model``
+  (transfer between models; a clear error where kinds or layers cannot be
+  matched);
+* a ``MetaTrainer`` class: ``MetaTrainer(problem, batches, **options)``,
+  ``.run(iterations, on_iteration=None) -> list of per-iteration dicts``,
+  ``.save(path, command="")``, ``.resume_from(path)``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..errors import UserError
+
+#: name -> (module, optimizer class, meta-trainer class)
+LEARNED = {
+    "mlhf": ("hfmeta.meta.mlhf", "MLHF", "MetaTrainer"),
+    "l2l": ("hfmeta.meta.l2l", "L2L", "MetaTrainer"),
+    "slstm": ("hfmeta.meta.slstm", "SLSTM", "MetaTrainer"),
+}
+
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "shipped")
+
+
+def shipped_path(name: str) -> str:
+    """Path of the meta-parameters shipped for ``name`` (``hfmeta/meta/shipped/NAME.h5``)."""
+    return os.path.join(SHIPPED_DIR, f"{name}.h5")
+
+
+def _load(name, which):
+    if name not in LEARNED:
+        raise UserError(f"unknown learned optimizer {name!r}; choose one of {', '.join(LEARNED)}")
+    module, opt_cls, trainer_cls = LEARNED[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, opt_cls if which == "optimizer" else trainer_cls)
+
+
+def get_learned(name, meta=None, model=None, **hparams):
+    """A learned optimizer ready to step ``model``'s parameters."""
+    return _load(name, "optimizer").from_meta(meta, model, **hparams)
+
+
+def get_meta_trainer(name):
+    """The meta-training class of learned optimizer ``name``."""
+    return _load(name, "trainer")
