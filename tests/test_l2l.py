@@ -23,7 +23,7 @@ def tiny_cnn(name="cnn-small", in_shape=(1, 6, 6), **options):
     return build(name, in_shape, 3, dtype="float64", **options)
 
 
-def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3, h=1e-4,
+def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3, h=1e-3,
                          **options):
     """Relative errors of one unroll's meta-gradient (T = 3) against central differences.
 
@@ -31,7 +31,11 @@ def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3
     with the LSTM inputs (gradients, and h for SLSTM) frozen at the recorded
     values and the LSTM states free, and differences the mean loss along it.
     The meta-parameters are moved off their initialisation and the initial
-    LSTM states are random, so nothing sits at a special point.
+    LSTM states are random, so nothing sits at a special point.  Errors are
+    ``rel_error`` over a random subset of coordinates and over the derivatives
+    along random unit directions.  The meta-loss is O(1) while its derivatives
+    are small, so rounding (∝ 1/h) dominates: h = 1e-3 with the fourth-order
+    stencil (truncation ∝ h⁴).
     """
     problem = Problem(model)
     batches = random_batches(model, T + 1, seed=seed)
@@ -59,13 +63,10 @@ def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3
         fd[k] = central_difference(meta_loss, theta0, e, h)[0]
         e[c] = 0.0
     coord_error = rel_error(rec.d_theta[coords], fd)
-    direction_errors = []
-    for _ in range(n_directions):
-        v = rng.standard_normal(theta0.size)
-        v /= np.linalg.norm(v)
-        direction_errors.append(rel_error(rec.d_theta @ v,
-                                          central_difference(meta_loss, theta0, v, h)[0]))
-    return same_value, coord_error, max(direction_errors)
+    directions = rng.standard_normal((n_directions, theta0.size))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    fd_dir = [central_difference(meta_loss, theta0, v, h)[0] for v in directions]
+    return same_value, coord_error, rel_error(directions @ rec.d_theta, fd_dir)
 
 
 @pytest.mark.parametrize("name", ["cnn-small", "mlp"])
