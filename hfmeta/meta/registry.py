@@ -20,11 +20,11 @@ import os
 
 from ..errors import UserError
 
-#: name -> (module, optimizer class, meta-trainer class)
+#: name -> (optimizer module, optimizer class, meta-trainer module, meta-trainer class)
 LEARNED = {
-    "mlhf": ("hfmeta.meta.mlhf", "MLHF", "MetaTrainer"),
-    "l2l": ("hfmeta.meta.l2l", "L2L", "MetaTrainer"),
-    "slstm": ("hfmeta.meta.slstm", "SLSTM", "MetaTrainer"),
+    "mlhf": ("hfmeta.meta.mlhf", "MLHF", "hfmeta.meta.mlhf_train", "MetaTrainer"),
+    "l2l": ("hfmeta.meta.l2l", "L2L", "hfmeta.meta.l2l", "MetaTrainer"),
+    "slstm": ("hfmeta.meta.slstm", "SLSTM", "hfmeta.meta.slstm", "MetaTrainer"),
 }
 
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "shipped")
@@ -38,9 +38,10 @@ def shipped_path(name: str) -> str:
 def _load(name, which):
     if name not in LEARNED:
         raise UserError(f"unknown learned optimizer {name!r}; choose one of {', '.join(LEARNED)}")
-    module, opt_cls, trainer_cls = LEARNED[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, opt_cls if which == "optimizer" else trainer_cls)
+    opt_module, opt_cls, trainer_module, trainer_cls = LEARNED[name]
+    if which == "optimizer":
+        return getattr(importlib.import_module(opt_module), opt_cls)
+    return getattr(importlib.import_module(trainer_module), trainer_cls)
 
 
 def get_learned(name, meta=None, model=None, **hparams):

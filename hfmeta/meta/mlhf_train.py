@@ -1,0 +1,266 @@
+"""Meta-training MLHF (Chen, Lu & Fokoue 2019, section 3.1), every meta-gradient by hand.
+
+One meta-iteration is an unroll of T steps (T = 10) of Algorithm 1 on the
+meta-training split, with lr = 1 and, as in the released code, the step
+clipped to norm 0.25‖w‖ and multiplied by noise U(0.98, 1.02).  Two losses::
+
+    l_p   = (1/T) Σ_t −⟨d^t, g^t⟩ / sqrt(⟨d^t, A^t d^t⟩),   A^t d^t = g^t − r^t   (trains RNN_p)
+    l_s^t = l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}) − 2 l(x^t, w^t)
+    l_s   = Σ_t softmax(l_s)_t · l_s^t                                          (10·l_s trains RNN_s)
+
+Stop-gradients (paper section 3.1): nothing flows through w^t, g^t, d_0^t,
+r_0^t (so the RNN inputs are constants), through l(x^t, w^t) or through the
+softmax weights; the LSTM states are *not* stopped (BPTT across the unroll).
+With them, l_s^t depends on the meta-parameters only through d^t:
+
+    ∂l_s^t/∂d^t = −lr · J_clipᵀ (∇l(x^{t+1}, w^{t+1}) + ∇l(x^t, w^{t+1}))
+
+and the first gradient is the next step's g^{t+1} anyway.  So the PCG
+backward of step t (self-gradient trick, :func:`hfmeta.pcg.pcg_backward`)
+runs as soon as step t+1's gradient exists, with step t's linearization still
+alive; its results, the output cotangents of RNN_s and RNN_p, are stored, and
+only the LSTM caches live for the whole unroll.  At the end the softmax
+weights scale the stored RNN_s cotangents and BPTT runs through both banks.
+Memory: two linearizations and two PCG tapes, plus T steps of LSTM caches.
+
+Per step: 3 forward+backward passes (g^t, ∇l(x^t, w^{t+1}), and g^{t+1} which
+is the next step's g^t) and n + 1 + 2n products with A (PCG and its two
+backward passes, one for P with l_p, one for s with l_s).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import backend
+from .common import MetaAdam, ReplayBuffer
+from .mlhf import SOFTPLUS, MLHFNets, mlhf_direction
+from ..pcg import pcg_backward
+
+STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
+STEP_NOISE = 0.02       # released code: step × U(0.98, 1.02) during meta-training
+LS_WEIGHT = 10.0        # 10 · l_s trains RNN_s (METHODS.md)
+CURVATURE_TINY = 1e-12  # floor of ⟨d, A d⟩ in l_p
+
+
+@dataclass
+class Frozen:
+    """The stop-gradient constants of one unroll (for the finite-difference replay)."""
+    w: list = field(default_factory=list)          # w^t
+    d_prev: list = field(default_factory=list)     # d_0^t
+    r_prev: list = field(default_factory=list)     # r_0^t
+    inputs: list = field(default_factory=list)     # (RNN_s inputs, RNN_p inputs)
+    noise: list = field(default_factory=list)      # the step's U(0.98, 1.02) factor
+    ls_weights: object = None                      # softmax(l_s), stop-gradient
+
+
+@dataclass
+class UnrollResult:
+    l_s: float
+    l_p: float
+    grad: object            # meta-gradient [θ̄_s, θ̄_p] (None when not asked)
+    w: object               # w^T, to continue from
+    d_prev: object
+    r_prev: object
+    frozen: Frozen
+    stats: dict
+
+
+def clip_step(d, w, lr, clip):
+    """Scale of the clipped step: ``min(1, clip·‖w‖ / (lr‖d‖))`` (1 when ``clip`` is 0)."""
+    if not clip:
+        return 1.0
+    xp = backend.get_array_module(d)
+    norm_d = float(xp.linalg.norm(d))
+    limit = clip * float(xp.linalg.norm(w)) / lr
+    return 1.0 if norm_d <= limit or norm_d == 0 else limit / norm_d
+
+
+def clip_step_vjp(d, scale, y):
+    """``J_clipᵀ y`` for ``d ↦ scale(d)·d`` with ``scale = c/‖d‖`` when clipped:
+    ``(c/‖d‖)(y − d̂⟨d̂, y⟩)``; the identity when not clipped."""
+    if scale == 1.0:
+        return y
+    xp = backend.get_array_module(d)
+    d_hat = d / xp.linalg.norm(d)
+    return scale * (y - d_hat * xp.dot(d_hat, y))
+
+
+def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
+           clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True):
+    """Run T = ``len(batches) − 1`` MLHF steps and (optionally) their meta-gradient.
+
+    ``states`` (LSTM states) are updated in place.  ``noise`` is a list of T
+    step factors (None: no noise).  With ``frozen`` (a :class:`Frozen` of an
+    earlier call) the stop-gradient quantities are taken from it instead of
+    the run: this is the function whose finite differences the meta-gradient
+    must match.  Returns an :class:`UnrollResult`.
+    """
+    xp = backend.get_array_module(theta)
+    T = len(batches) - 1
+    theta_s, theta_p = nets.split(theta)
+    rec = Frozen() if frozen is None else frozen
+    caches_s, caches_p = [], []
+    dout_s, dout_p = [None] * T, [None] * T
+    ls_vals, lp_vals, res_norms, losses = [], [], [], []
+    f_t = g_t = lin_t = None
+    for t in range(T):
+        if frozen is not None:
+            w, d_prev, r_prev = frozen.w[t], frozen.d_prev[t], frozen.r_prev[t]
+            f_t, g_t, lin_t = problem.loss_and_grad(w, batches[t])
+        elif f_t is None:
+            f_t, g_t, lin_t = problem.loss_and_grad(w, batches[t])
+        dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
+                              record=True, inputs=None if frozen is None else frozen.inputs[t])
+        d, r = dirn.pcg.x, dirn.pcg.r
+        if frozen is None:
+            rec.w.append(w)
+            rec.d_prev.append(d_prev)
+            rec.r_prev.append(r_prev)
+            rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
+            rec.noise.append(1.0 if noise is None else noise[t])
+        caches_s.append(dirn.cache_s)
+        caches_p.append(dirn.cache_p)
+        res_norms.append(float(xp.linalg.norm(r)))
+        losses.append(float(f_t))
+
+        # l_p^t = −a / sqrt(q),  a = ⟨d, g⟩,  q = ⟨d, A d⟩ = ⟨d, g − r⟩
+        Ad = g_t - r
+        a, q = float(xp.dot(d, g_t)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
+        lp_vals.append(-a / math.sqrt(q))
+        if backward and nets.use_rnn_p:
+            d_bar = (-g_t / math.sqrt(q) + (0.5 * a / q ** 1.5) * Ad) / T
+            r_bar = (-0.5 * a / q ** 1.5 / T) * d
+            P_bar = pcg_backward(dirn.pcg, dirn.apply_A, d_bar, r_bar, need=("P",))["P"]
+            dout_p[t] = SOFTPLUS.backward(dirn.out_p[:, 0], P_bar)[:, None]
+
+        # the step, clipped and with noise as in the released code
+        u = rec.noise[t]
+        scale = clip_step(d, w, lr, clip)
+        w_next = w - (lr * u * scale) * d
+
+        # l_s^t = l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}) − 2 l(x^t, w^t)
+        f_same, g_same, _ = problem.loss_and_grad(w_next, batches[t])
+        f_next, g_next, lin_next = problem.loss_and_grad(w_next, batches[t + 1])
+        ls_vals.append(float(f_next) + float(f_same) - 2 * float(f_t))
+        if backward:
+            y = (-lr * u) * (g_next + g_same)
+            s_bar = pcg_backward(dirn.pcg, dirn.apply_A, clip_step_vjp(d, scale, y), None,
+                                 need=("s",))["s"]
+            dout_s[t] = SOFTPLUS.backward(dirn.out_s[:, 0], s_bar)[:, None]
+        del dirn, lin_t                                  # step t's linearization is done
+        w, d_prev, r_prev = w_next, d, r
+        f_t, g_t, lin_t = f_next, g_next, lin_next
+
+    if frozen is None:
+        v = np.array(ls_vals)
+        e = np.exp(v - v.max())
+        rec.ls_weights = e / e.sum()
+    weights = rec.ls_weights
+    l_s = ls_weight * float(np.dot(weights, ls_vals))
+    l_p = float(np.mean(lp_vals))
+    grad = None
+    if backward:
+        for t in range(T):
+            dout_s[t] *= ls_weight * weights[t]
+        grad_s = nets.rnn_s.backward(theta_s, caches_s, dout_s, rows)[0]
+        parts = [grad_s]
+        if nets.use_rnn_p:
+            parts.append(nets.rnn_p.backward(theta_p, caches_p, dout_p, rows)[0])
+        grad = xp.concatenate(parts) if len(parts) > 1 else grad_s
+    stats = {"l_s": l_s, "l_p": l_p, "residual": float(np.mean(res_norms)),
+             "loss": float(np.mean(losses)), "loss_end": float(f_t)}
+    return UnrollResult(l_s, l_p, grad, w, d_prev, r_prev, rec, stats)
+
+
+class MetaTrainer:
+    """Meta-train RNN_s and RNN_p on a stream of meta-training batches.
+
+    Parameters (defaults from METHODS.md for the convnet): ``T`` unroll length
+    (10), ``n`` PCG iterations (4), ``hidden`` LSTM units ((4, 4)),
+    ``use_rnn_p`` (False = the ablation with P = I), ``meta_lr`` Adam rate
+    (1e-3; 1e-2 for ResNets), ``l2`` (2e-7), ``max_grad_norm`` (global-norm
+    clip of the meta-gradient, 1.0), ``reset_prob`` (0.7; 0.5 for ResNets),
+    ``buffer`` replay capacity (200), ``store_every`` (store the current
+    weights every this many meta-iterations), ``clip``/``noise`` (the
+    released code's step clip and noise), ``seed``.
+    """
+
+    def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
+                 meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
+                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, seed=0):
+        self.problem, self.batches = problem, batches
+        model = problem.model
+        self.xp, self.dtype = model.xp, model.dtype
+        self.T, self.reset_prob, self.store_every = int(T), float(reset_prob), int(store_every)
+        self.clip, self.noise = clip, noise
+        self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size)
+        self.theta = self.nets.init(seed, self.xp, self.dtype)
+        self.adam = MetaAdam(self.nets.size, meta_lr, l2, max_grad_norm, xp=self.xp,
+                             dtype=self.dtype)
+        self.rows = self.nets.rows(model.layout)
+        self.replay = ReplayBuffer(buffer)
+        self.rng = np.random.default_rng([seed, 1])
+        self.iteration = 0
+        self.w = None
+        self._pending = None            # the last batch of an unroll starts the next one
+
+    def _fresh_weights(self):
+        return self.problem.model.init(int(self.rng.integers(2 ** 31)))
+
+    def _reset(self):
+        """Experience replay: a stored or fresh target net, zero RNN states, no d/r."""
+        w = self.replay.sample(self.rng, self._fresh_weights)
+        self.w = backend.to_device(np.asarray(backend.asnumpy(w)), self.problem.model.device)
+        self.states = self.nets.zero_states(self.rows, self.xp, self.dtype)
+        self.d_prev = self.r_prev = None
+
+    def meta_step(self):
+        """One meta-iteration: maybe reset, unroll T steps, Adam update. Returns stats."""
+        reset = self.w is None or self.rng.random() < self.reset_prob
+        if reset:
+            self._reset()
+        if self.iteration % self.store_every == 0:
+            self.replay.store(self.w)
+        batches = [self._pending or next(self.batches)] + [next(self.batches) for _ in range(self.T)]
+        noise = (list(self.rng.uniform(1 - self.noise, 1 + self.noise, self.T))
+                 if self.noise else None)
+        t0 = time.perf_counter()
+        res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
+                     self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise)
+        self.theta, grad_norm = self.adam.update(self.theta, res.grad)
+        self.w, self.d_prev, self.r_prev, self._pending = res.w, res.d_prev, res.r_prev, batches[-1]
+        if not np.isfinite(backend.asnumpy(self.w)).all():
+            self.w = None                                   # diverged target net: reset next time
+        self.iteration += 1
+        return {"iteration": self.iteration, "reset": reset, "grad_norm": grad_norm,
+                "wall": time.perf_counter() - t0, **res.stats}
+
+    def run(self, iterations, on_iteration=None):
+        history = []
+        for _ in range(int(iterations)):
+            stats = self.meta_step()
+            history.append(stats)
+            if on_iteration:
+                on_iteration(stats)
+        return history
+
+    def save(self, path, command="", model_name=None):
+        self.nets.save(path, self.theta,
+                       extra_config={"model": model_name or self.problem.model.name,
+                                     "T": self.T, "iterations": self.iteration,
+                                     "command": command},
+                       extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
+
+    def resume_from(self, path):
+        nets, theta, config, extra = MLHFNets.load(path, self.xp, self.dtype)
+        if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
+            from ..errors import UserError
+            raise UserError(f"{path}: meta-nets configured differently from this meta-training")
+        self.theta = theta
+        if "adam" in extra:
+            self.adam.load_state_dict(extra["adam"], self.xp)
+        self.iteration = int(extra.get("iteration", 0))

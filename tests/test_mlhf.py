@@ -1,0 +1,147 @@
+"""MLHF: the meta-gradient of a short unroll against finite differences, inference, checkpoints."""
+import copy
+
+import numpy as np
+import pytest
+
+from hfmeta.gradcheck import central_difference, rel_error
+from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from hfmeta.meta.mlhf import MLHF, MLHFNets
+from hfmeta.meta.mlhf_train import MetaTrainer, unroll
+from hfmeta.model import Model
+from hfmeta.params import KINDS
+from hfmeta.problem import Problem
+
+
+def tiny_bn_convnet():
+    """All six parameter kinds: conv weight/bias, fc weight/bias, BN gamma/beta."""
+    net = Sequential([("conv1", Conv2d(2, 3, padding=1)), ("bn1", BatchNorm()), ("relu1", ReLU()),
+                      ("pool1", MaxPool2d(2, 2)), ("flatten", Flatten()), ("fc1", Linear(4)),
+                      ("bn2", BatchNorm()), ("relu2", ReLU()), ("fc2", Linear(3))])
+    return Model(net, (1, 4, 4), 3, dtype="float64", name="tiny")
+
+
+def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0):
+    model = tiny_bn_convnet()
+    assert set(model.layout.kinds) == set(KINDS)
+    problem = Problem(model)
+    rng = np.random.default_rng(seed)
+    batches = [(rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)) for _ in range(T + 1)]
+    nets = MLHFNets(use_rnn_p=use_rnn_p, n=4)
+    theta = nets.init(seed) + 0.3 * rng.standard_normal(nets.size)   # a generic point
+    rows = nets.rows(model.layout)
+    states = nets.zero_states(rows, np, np.float64)
+    # start mid-run: non-zero d_prev/r_prev and LSTM states, so every input path is live
+    w = model.init(seed)
+    d_prev = 0.01 * rng.standard_normal(model.num_params)
+    r_prev = 0.01 * rng.standard_normal(model.num_params)
+    for kind_states in states.values():
+        for layers in kind_states.values():
+            for h, c in layers:
+                h[...] = 0.1 * rng.standard_normal(h.shape)
+                c[...] = 0.1 * rng.standard_normal(c.shape)
+    noise = [1.01, 0.985, 1.0, 0.99, 1.02][:T]
+    return nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip
+
+
+def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients():
+    """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses."""
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup()
+    res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
+                 clip=clip, noise=noise)
+    scales = [min(1.0, clip * np.linalg.norm(wt) / np.linalg.norm(d))
+              for wt, d in zip(res.frozen.w, res.frozen.d_prev[1:] + [res.d_prev])]
+    assert min(scales) < 1.0, "the step clip should be active in this test"
+
+    def losses(th):
+        r = unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
+                   clip=clip, frozen=res.frozen, backward=False)
+        return np.array([r.l_s, r.l_p])
+
+    # the replay reproduces the run at theta
+    np.testing.assert_allclose(losses(theta), [res.l_s, res.l_p], rtol=1e-12)
+    # Step 1e-3: the meta-losses are O(1) while their derivatives along a unit
+    # direction are O(1e-6) (RNN_p) to O(1e-3) (RNN_s), so rounding (ε|L|/h)
+    # swamps smaller steps; the fourth-order stencil keeps truncation at O(h⁴).
+    h = 1e-3
+    rng = np.random.default_rng(5)
+    n_s = nets.size_s
+    errors = {}
+    for which, part, index in (("l_s", slice(0, n_s), 0), ("l_p", slice(n_s, nets.size), 1)):
+        fd, an = [], []
+        for _ in range(3):                       # random directions within the RNN's block
+            v = np.zeros(nets.size)
+            v[part] = rng.standard_normal(part.stop - part.start)
+            v /= np.linalg.norm(v)
+            fd.append(central_difference(lambda th: losses(th)[index], theta, v, h))
+            an.append(res.grad @ v)
+        coords = rng.choice(np.arange(part.start, part.stop), 12, replace=False)
+        for c in coords:                          # single coordinates
+            e = np.zeros(nets.size)
+            e[c] = 1
+            fd.append(central_difference(lambda th: losses(th)[index], theta, e, h))
+            an.append(res.grad[c])
+        errors[which] = rel_error(np.array(an), np.array(fd))
+    print("MLHF meta-gradient relative errors:", errors)
+    assert errors["l_s"] < 1e-6 and errors["l_p"] < 1e-6
+
+
+def test_meta_gradient_without_rnn_p():
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(
+        T=2, use_rnn_p=False, clip=0)
+    res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
+                 clip=clip, noise=noise)
+    assert res.grad.shape == (nets.size_s,)
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(nets.size)
+
+    def l_s(th):
+        return unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
+                      clip=clip, frozen=res.frozen, backward=False).l_s
+
+    assert rel_error(res.grad @ v, central_difference(l_s, theta, v / np.linalg.norm(v), 1e-3)
+                     * np.linalg.norm(v)) < 1e-6
+
+
+def test_optimizer_state_round_trip_continues_identically():
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)) for _ in range(4)]
+    opt = MLHF.from_meta(None, model, untrained=True, lr=1.0)
+    w = model.init(0)
+    state = opt.init(w)
+    for b in batches[:2]:
+        w, state, info = opt.step(problem, w, state, b)
+    restored = opt.state_from_dict(opt.state_to_dict(state))
+    w1, _, _ = opt.step(problem, w, state, batches[2])
+    w2, _, _ = opt.step(problem, w, restored, batches[2])
+    np.testing.assert_array_equal(w1, w2)
+    assert info["loss"] > 0 and np.isfinite(info["residual"])
+
+
+def test_meta_checkpoint_round_trip(tmp_path):
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+
+    class Stream:
+        batch_size = 4
+
+        def __next__(self):
+            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
+
+    trainer = MetaTrainer(problem, Stream(), T=2, seed=3)
+    trainer.run(2)
+    path = tmp_path / "mlhf.h5"
+    trainer.save(str(path), command="test")
+    opt = MLHF.from_meta(str(path), model)
+    np.testing.assert_array_equal(opt.theta, trainer.theta)
+    assert opt.nets.b_mt == 4 and opt.lr_for(8) == 2.0
+
+
+def test_missing_kind_is_a_clear_error():
+    from hfmeta.errors import UserError
+    nets = MLHFNets(kinds=("fc.weight", "fc.bias"))
+    with pytest.raises(UserError, match="conv.weight"):
+        nets.rows(tiny_bn_convnet().layout)
