@@ -60,14 +60,15 @@ def _slope(samples, errors):
 
 
 # Both estimators are unbiased means of i.i.d. terms, so E‖est_M − diag G‖² = V / M
-# exactly and the log-log slope of the RMS error is −1/2 in expectation (a biased
-# estimator levels off: slope → 0).  The tolerance is ~3× the spread of the fitted
-# slope measured over 10 independent sets of seeds on this problem (std 0.07 for
-# Monte-Carlo with 8 seeds and 16..256 samples -- label sampling on 4 examples is
-# heavy-tailed -- 0.026 for Hutchinson; 0.04 / 0.012 with 16..1024 samples).
+# exactly and the log-log slope of the RMS error is −1/2 in expectation (a biased or
+# mis-scaled estimator levels off: slope → 0).  The tolerance is ~3× the spread of
+# the fitted slope measured over 10 independent sets of seeds on this problem (and
+# on two different weight initialisations): with 8 seeds and 16..256 samples, std
+# 0.08 for Monte-Carlo (label sampling on 4 examples is heavy-tailed) and 0.05 for
+# Hutchinson; with 16 seeds and 16..1024 samples, 0.04 and 0.025.
 CONVERGENCE = {  # samples, seeds, tolerance on |slope + 1/2|
-    "fast": (2 ** np.arange(4, 9), 8, {"mc": 0.2, "hutchinson": 0.08}),
-    "slow": (2 ** np.arange(4, 11), 16, {"mc": 0.1, "hutchinson": 0.04}),
+    "fast": (2 ** np.arange(4, 9), 8, {"mc": 0.25, "hutchinson": 0.15}),
+    "slow": (2 ** np.arange(4, 11), 16, {"mc": 0.12, "hutchinson": 0.08}),
 }
 
 
