@@ -39,7 +39,7 @@ def meta_gradient_errors(trainer_cls, model, seed=0, n_coords=40, n_directions=3
     """
     problem = Problem(model)
     batches = random_batches(model, T + 1, seed=seed)
-    trainer = trainer_cls(problem, iter(batches), unroll=T, reset_prob=1.0, replay=0,
+    trainer = trainer_cls(problem, iter(batches), T=T, reset_prob=1.0, buffer=0,
                           seed=seed, **options)
     rng = np.random.default_rng(seed + 1)
     trainer.theta = trainer.theta + 0.2 * rng.standard_normal(trainer.theta.size)
@@ -111,7 +111,7 @@ def test_step_interface_and_state_round_trip():
 
 def test_save_load_and_transfer(tmp_path):
     small = tiny_cnn("cnn-small", (1, 8, 8))
-    trainer = MetaTrainer(Problem(small), iter(random_batches(small, 20, seed=3)), unroll=2)
+    trainer = MetaTrainer(Problem(small), iter(random_batches(small, 20, seed=3)), T=2)
     trainer.run(2)
     path = str(tmp_path / "l2l.h5")
     trainer.save(path, command="test")
@@ -142,11 +142,11 @@ def test_missing_meta_file_is_a_clear_error(tmp_path, monkeypatch):
 def test_resume_from_continues_meta_training(tmp_path):
     model = tiny_cnn()
     batches = random_batches(model, 40, seed=5)
-    a = MetaTrainer(Problem(model), iter(batches), unroll=2, reset_prob=1.0, replay=0)
+    a = MetaTrainer(Problem(model), iter(batches), T=2, reset_prob=1.0, buffer=0)
     a.run(2)
     path = str(tmp_path / "m.h5")
     a.save(path)
-    b = MetaTrainer(Problem(model), iter(batches), unroll=2, reset_prob=1.0, replay=0)
+    b = MetaTrainer(Problem(model), iter(batches), T=2, reset_prob=1.0, buffer=0)
     b.resume_from(path)
     assert b.iteration == 2 and np.array_equal(b.theta, a.theta)
     assert np.array_equal(b.adam.m, a.adam.m) and b.adam.t == a.adam.t
@@ -165,13 +165,13 @@ def meta_training_gain(trainer_cls, iterations=8, unroll=4, n_eval=2, **options)
     from hfmeta.data import open_dataset
     ds = open_dataset("mnist5k")
     model = build("cnn-small", ds.image_shape, ds.classes, channels=4, dtype="float32")
-    common = dict(unroll=unroll, reset_prob=1.0, replay=0, **options)
-    trainer = trainer_cls(Problem(model), ds.batches("meta", 32, seed=0), lr=3e-2, **common)
+    common = dict(T=unroll, reset_prob=1.0, buffer=0, **options)
+    trainer = trainer_cls(Problem(model), ds.batches("meta", 32, seed=0), meta_lr=3e-2, **common)
     theta0 = trainer.theta.copy()
     losses = [r["meta_loss"] for r in trainer.run(iterations)]
 
     def evaluate(theta):
-        ev = trainer_cls(Problem(model), ds.batches("meta", 32, seed=1), lr=0.0, seed=7, **common)
+        ev = trainer_cls(Problem(model), ds.batches("meta", 32, seed=1), meta_lr=0.0, seed=7, **common)
         ev.theta = ev.opt.theta = theta
         return np.mean([r["meta_loss"] for r in ev.run(n_eval)])
 

@@ -53,7 +53,7 @@ def test_transfer_rule():
 
 def test_transfer_small_to_big_and_mismatch(tmp_path):
     small = tiny_cnn("cnn-small", (1, 8, 8))
-    trainer = MetaTrainer(Problem(small), iter(random_batches(small, 20, seed=2)), unroll=2)
+    trainer = MetaTrainer(Problem(small), iter(random_batches(small, 20, seed=2)), T=2)
     trainer.run(2)
     path = str(tmp_path / "slstm.h5")
     trainer.save(path)
@@ -70,7 +70,7 @@ def test_transfer_small_to_big_and_mismatch(tmp_path):
         w, state, info = opt.step(problem, w, state, batch)
         assert np.isfinite(info["loss"]) and np.isfinite(w).all()
     mlp = build("mlp", (1, 8, 8), 3, hidden=(4,), dtype="float64")
-    mlp_trainer = MetaTrainer(Problem(mlp), iter(random_batches(mlp, 10)), unroll=2)
+    mlp_trainer = MetaTrainer(Problem(mlp), iter(random_batches(mlp, 10)), T=2)
     mlp_trainer.run(1)
     mlp_path = str(tmp_path / "mlp.h5")
     mlp_trainer.save(mlp_path)
@@ -95,7 +95,7 @@ def run_steps(opt, problem, w, state, batches):
 def test_joint_mode_learns_and_resumes_exactly(tmp_path):
     model = tiny_cnn()
     batches = random_batches(model, 9, seed=4)
-    opt = SLSTM.from_meta(None, model, untrained=True, joint=True, unroll=2, meta_lr=1e-2)
+    opt = SLSTM.from_meta(None, model, untrained=True, joint=True, T=2, meta_lr=1e-2)
     w0 = model.init(0)
     state = opt.init(w0)
     theta0 = state["meta.theta"].copy()
@@ -109,7 +109,7 @@ def test_joint_mode_learns_and_resumes_exactly(tmp_path):
     save_checkpoint(str(tmp_path / "ck.h5"), optimizer=opt.state_to_dict(state_mid),
                     weights={"w": w_mid})
     ck = load_checkpoint(str(tmp_path / "ck.h5"))
-    fresh = SLSTM.from_meta(None, model, untrained=True, joint=True, unroll=2, meta_lr=1e-2,
+    fresh = SLSTM.from_meta(None, model, untrained=True, joint=True, T=2, meta_lr=1e-2,
                             seed=99)                 # its own initial theta must not matter
     w2, state2, _ = run_steps(fresh, problem, ck["weights"]["w"],
                               fresh.state_from_dict(ck["optimizer"]), batches[4:])
@@ -120,7 +120,7 @@ def test_joint_mode_learns_and_resumes_exactly(tmp_path):
 def test_joint_replay_reproduces_the_carried_lstm_state():
     """The online update replays the unroll from joint.start.*; it must land on the live state."""
     model = tiny_cnn()
-    opt = SLSTM.from_meta(None, model, untrained=True, joint=True, unroll=3)
+    opt = SLSTM.from_meta(None, model, untrained=True, joint=True, T=3)
     w = model.init(0)
     w, state, _ = run_steps(opt, Problem(model), w, opt.init(w), random_batches(model, 3))
     assert state["joint.n"] == 3
@@ -144,3 +144,22 @@ def test_meta_training_lowers_the_meta_loss():
     losses, before, after = meta_training_gain(MetaTrainer)     # about 2.29 -> 1.97
     assert np.isfinite(losses).all() and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     assert after < before - 0.2, (before, after)
+
+
+def test_joint_training_run_resumes_exactly(tmp_path):
+    """A run folder stopped mid-unroll and resumed ends where an uninterrupted run ends."""
+    from hfmeta.train import Run, RunConfig
+
+    def config(steps):
+        return RunConfig(model="cnn-small", model_options={"channels": 2}, optimizer="slstm",
+                         hparams={"untrained": True, "joint": True, "T": 2, "meta_lr": 1e-2},
+                         batch_size=16, steps=steps, eval_every=100)
+
+    Run.create(config(5), str(tmp_path / "a")).train()
+    Run.resume(str(tmp_path / "a"), steps=9).train()
+    Run.create(config(9), str(tmp_path / "b")).train()
+    a, b = (load_checkpoint(str(tmp_path / d / "checkpoint.h5")) for d in "ab")
+    assert a["step"] == b["step"] == 9
+    np.testing.assert_array_equal(a["weights"]["w"], b["weights"]["w"])
+    np.testing.assert_array_equal(a["optimizer"]["meta.theta"], b["optimizer"]["meta.theta"])
+    assert a["optimizer"]["meta.t"] == 4

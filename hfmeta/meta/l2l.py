@@ -50,7 +50,7 @@ class L2L(Optimizer):
     defaults = {"p": 10.0, "scale": 0.1, "hidden": (20, 20), "seed": 0}
     per_layer = False
     #: hyper-parameters taken from the meta-parameter file (the LSTMs were trained with them)
-    meta_keys = ("p", "scale")
+    meta_keys = ("p", "scale", "hidden")
 
     def __init__(self, model, bank=None, theta=None, source="the meta-parameters", **hparams):
         super().__init__(**hparams)
@@ -139,17 +139,18 @@ class MetaTrainer:
     continues from the last weights and LSTM states (truncated BPTT).  The
     gradient at the last point of an unroll is the first of the next one.
 
-    Options (``defaults``): ``unroll`` T, Adam ``lr``, ``l2``, ``max_norm``
-    (global-norm clipping of the meta-gradient; a stabiliser, not in the
-    paper), ``reset_prob``, ``replay`` (buffer capacity), ``store_every``
+    Options (``defaults``; named as MLHF's trainer names them): ``T`` the
+    unroll length, Adam's ``meta_lr``, ``l2``, ``max_grad_norm`` (global-norm
+    clipping of the meta-gradient; a stabiliser, not in the paper),
+    ``reset_prob``, ``buffer`` (replay capacity), ``store_every``
     (iterations between stores of the current weights), ``seed`` (resets and
     the initial meta-parameters).  Every other option is a hyper-parameter
     of the optimizer.  ``batches`` yields ``(x, y)`` mini-batches.
     """
 
     optimizer_cls = L2L
-    defaults = {"unroll": 20, "lr": 1e-3, "l2": 0.0, "max_norm": 1.0, "reset_prob": 0.2,
-                "replay": 200, "store_every": 10, "seed": 0}
+    defaults = {"T": 20, "meta_lr": 1e-3, "l2": 0.0, "max_grad_norm": 1.0, "reset_prob": 0.2,
+                "buffer": 200, "store_every": 10, "seed": 0}
 
     def __init__(self, problem, batches, **options):
         self.options = {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
@@ -160,10 +161,11 @@ class MetaTrainer:
         if self.opt.hparams.get("joint"):
             raise UserError("MetaTrainer meta-trains offline; joint=True belongs to training runs")
         self.theta = self.opt.theta
-        self.adam = MetaAdam(self.theta.size, lr=self.options["lr"], l2=self.options["l2"],
-                             max_norm=self.options["max_norm"], xp=model.xp, dtype=self.theta.dtype)
+        self.adam = MetaAdam(self.theta.size, lr=self.options["meta_lr"], l2=self.options["l2"],
+                             max_norm=self.options["max_grad_norm"], xp=model.xp,
+                             dtype=self.theta.dtype)
         self.rng = np.random.default_rng(self.options["seed"])
-        self.replay = ReplayBuffer(self.options["replay"])
+        self.replay = ReplayBuffer(self.options["buffer"])
         self.w = self.states = self.head = None     # target net, LSTM states, (f, inputs) at w
         self.iteration, self.wall, self.observed, self.b_mt = 0, 0.0, 0, None
 
@@ -226,7 +228,7 @@ class MetaTrainer:
 
     def _unroll(self) -> "UnrollRecord":
         """T steps from ``self.w`` with the current meta-parameters, and the meta-gradient."""
-        T = int(self.options["unroll"])
+        T = int(self.options["T"])
         if self.head is None:
             self.head = self._observe(self.w)
         rec = UnrollRecord(self.w, self.states, self.head[0], [], [], None)
@@ -246,12 +248,12 @@ class MetaTrainer:
                                                   later_grads, 1.0 / T))
 
     # -- files ---------------------------------------------------------------------------
-    def save(self, path, command=""):
+    def save(self, path, command="", model_name=None):
         """Write the meta-parameters with what is needed to use and resume them."""
         model = self.problem.model
-        config = {"b_mt": self.b_mt, "model": model.name, "model_options": model.config,
-                  "in_shape": list(model.in_shape), "classes": model.classes,
-                  "unroll": self.options["unroll"], "groups": self.opt.groups.names,
+        config = {"b_mt": self.b_mt, "model": model_name or model.name,
+                  "model_options": model.config, "in_shape": list(model.in_shape),
+                  "classes": model.classes, "T": self.options["T"], "groups": self.opt.groups.names,
                   "group_layers": self.opt.groups.layers, "hparams": dict(self.opt.hparams),
                   "trainer": dict(self.options), "iterations": self.iteration, "command": command}
         save_meta(path, self.opt.name, config, {"lstm": (self.opt.rule.bank, self.theta)},

@@ -37,8 +37,8 @@ conv0, conv1, conv2 ← conv0; fc0, fc1 ← fc0); a type the source lacks is a
 * offline -- :class:`MetaTrainer` on the meta split, then :meth:`SLSTM.from_meta`
   on a fresh net (meta-parameters fixed);
 * joint (``joint=True``) -- the LSTMs keep learning while the CNN trains:
-  after every ``unroll`` steps the optimizer takes one Adam step
-  (``meta_lr``, clipping ``meta_max_norm``) on the meta-loss of the unroll it
+  after every ``T`` steps the optimizer takes one Adam step
+  (``meta_lr``, clipping ``max_grad_norm``) on the meta-loss of the unroll it
   has just seen.  The gradient at the first step after the unroll is the last
   term of that meta-loss, so no extra evaluations are needed.  The
   meta-parameters, their Adam moments, the LSTM state at the start of the
@@ -70,7 +70,7 @@ class SLSTM(l2l.L2L):
 
     name = "slstm"
     defaults = {**l2l.L2L.defaults, "diagonal": "becker-lecun", "samples": 1,
-                "joint": False, "unroll": 20, "meta_lr": 1e-3, "meta_max_norm": 1.0}
+                "joint": False, "T": 20, "meta_lr": 1e-3, "max_grad_norm": 1.0}
     per_layer = True
     meta_keys = l2l.L2L.meta_keys + ("diagonal", "samples")
 
@@ -79,8 +79,8 @@ class SLSTM(l2l.L2L):
         if self.diagonal not in DIAGONALS:
             raise UserError(f"slstm: unknown diagonal {self.diagonal!r}; "
                             f"choose one of {', '.join(DIAGONALS)}")
-        if int(self.unroll) < 1:
-            raise UserError(f"slstm: unroll must be at least 1, got {self.unroll}")
+        if int(self.T) < 1:
+            raise UserError(f"slstm: the unroll length T must be at least 1, got {self.T}")
 
     def preprocessors(self):
         return [LogSign(self.p), Log(self.p)]
@@ -107,7 +107,7 @@ class SLSTM(l2l.L2L):
         f, g, lin = self.gradient(problem, w, batch)
         inputs = self.inputs(problem, lin, g, batch, state["t"])
         info = {"loss": float(f)}
-        if state["joint.n"] == int(self.unroll):
+        if state["joint.n"] == int(self.T):
             info.update(self._online_update(state, float(f), g))
         n = state["joint.n"]
         if n == 0:                          # a new unroll starts from the current LSTM state
@@ -129,7 +129,7 @@ class SLSTM(l2l.L2L):
         the caches; the later gradients are g of steps 1..k−1 and ``g`` of the
         current step, whose loss ``f`` closes the meta-loss.
         """
-        k, theta = int(self.unroll), state["meta.theta"]
+        k, theta = int(self.T), state["meta.theta"]
         n_in = len(self.rule.preprocs)
         states, caches = self.rule.state_from_flat(state, "joint.start."), []
         for j in range(k):
@@ -139,7 +139,7 @@ class SLSTM(l2l.L2L):
         later_grads = [state[f"joint.{j}.in0"] for j in range(1, k)] + [g]
         d_theta = meta_gradient(self.rule, theta, caches, later_grads, 1.0 / k)
         xp = backend.get_array_module(theta)
-        adam = MetaAdam(theta.size, lr=self.meta_lr, l2=0.0, max_norm=self.meta_max_norm,
+        adam = MetaAdam(theta.size, lr=self.meta_lr, l2=0.0, max_norm=self.max_grad_norm,
                         xp=xp, dtype=theta.dtype)
         adam.load_state_dict({"m": state["meta.m"], "v": state["meta.v"], "t": state["meta.t"]}, xp)
         state["meta.theta"], norm = adam.update(theta, d_theta)
