@@ -171,7 +171,8 @@ def meta_training_gain(trainer_cls, iterations=8, unroll=4, n_eval=2, **options)
     losses = [r["meta_loss"] for r in trainer.run(iterations)]
 
     def evaluate(theta):
-        ev = trainer_cls(Problem(model), ds.batches("meta", 32, seed=1), meta_lr=0.0, seed=7, **common)
+        ev = trainer_cls(Problem(model), ds.batches("meta", 32, seed=1), meta_lr=0.0, seed=7,
+                         **common)
         ev.theta = ev.opt.theta = theta
         return np.mean([r["meta_loss"] for r in ev.run(n_eval)])
 

@@ -132,7 +132,7 @@ class MetaTrainer:
 
     Each iteration: with probability ``reset_prob`` (always at the start, and
     after a non-finite loss) the target net restarts from a replayed state or
-    a fresh initialisation with zero LSTM states; then ``unroll`` steps are
+    a fresh initialisation with zero LSTM states; then T steps are
     taken with the current meta-parameters, the meta-gradient of the mean loss
     along the unroll is back-propagated (:func:`~hfmeta.meta.unroll.meta_gradient`)
     and Adam updates the meta-parameters.  Without a reset the next unroll
@@ -142,7 +142,9 @@ class MetaTrainer:
     Options (``defaults``; named as MLHF's trainer names them): ``T`` the
     unroll length, Adam's ``meta_lr``, ``l2``, ``max_grad_norm`` (global-norm
     clipping of the meta-gradient; a stabiliser, not in the paper),
-    ``reset_prob``, ``buffer`` (replay capacity), ``store_every``
+    ``reset_prob`` (0.2: a target net lives about 5 unrolls = 100 steps, the
+    length of Andrychowicz et al.'s optimizee runs with truncated BPTT over
+    20), ``buffer`` (replay capacity), ``store_every``
     (iterations between stores of the current weights), ``seed`` (resets and
     the initial meta-parameters).  Every other option is a hyper-parameter
     of the optimizer.  ``batches`` yields ``(x, y)`` mini-batches.

@@ -79,8 +79,9 @@ class CoordinateGroups:
                     type_of_layer[spec.layer] = (t, f"{t}{counts.get(t, 0)}")
                     counts[t] = counts.get(t, 0) + 1
                 elif type_of_layer[spec.layer][0] != t:
-                    raise UserError(f"layer {spec.layer!r} holds both {type_of_layer[spec.layer][0]} "
-                                    f"and {t} parameters; one LSTM per layer needs one type")
+                    raise UserError(f"layer {spec.layer!r} holds both "
+                                    f"{type_of_layer[spec.layer][0]} and {t} parameters; "
+                                    f"one LSTM per layer needs one type")
                 group = type_of_layer[spec.layer][1]
             else:
                 group = t
