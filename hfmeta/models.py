@@ -18,7 +18,8 @@ name           architecture (input c×h×w, k classes)
                projection of the pre-activated input in the first block of
                each stage, no conv biases, final BN → ReLU → global average
                pool → fc k.
-``resnet18v2`` stages [2, 2, 2, 2] × [64, 128, 256, 512]; ImageNet stem
+``resnet18v2`` stages [2, 2, 2, 2] × [64, 128, 256, 512] (projections only
+               where the shape changes, as He et al.); ImageNet stem
                (7×7/2 conv + 3×3/2 max-pool) for inputs ≥ 128 pixels, a
                3×3 stem for downsampled ImageNet and CIFAR.
 =============  ==============================================================
@@ -74,15 +75,20 @@ def convnet(in_shape, classes, width=1.0):
     return _conv_stack([(c, 5), (c, 5)], [_scaled(384, width), _scaled(192, width)], classes)
 
 
-def _resnet_v2(stem, stages, classes):
-    """Stem, stages of pre-activation blocks ``[(channels, blocks, stride)]``, head."""
+def _resnet_v2(stem, stages, classes, project_every_stage):
+    """Stem, stages of pre-activation blocks ``[(channels, blocks, stride)]``, head.
+
+    The first block of a stage gets a 1×1 projection shortcut when its shape
+    changes, and always when ``project_every_stage`` (the MLHF code's ResNet-20).
+    """
     layers = list(stem)
     for s, (channels, blocks, stride) in enumerate(stages, 1):
         for b in range(1, blocks + 1):
             first = b == 1
             layers.append((f"stage{s}_block{b}",
                            PreActBlock(channels, stride=stride if first else 1,
-                                       projection=True if first else None)))
+                                       projection=True if first and project_every_stage
+                                       else None)))
     layers += [("bn_final", BatchNorm()), ("relu_final", ReLU()),
                ("pool", GlobalAvgPool()), ("fc", Linear(classes))]
     return Sequential(layers)
@@ -91,7 +97,7 @@ def _resnet_v2(stem, stages, classes):
 def resnet_mini(in_shape, classes, width=1.0):
     w = [_scaled(c, width) for c in (16, 32, 64)]
     return _resnet_v2([("conv_stem", Conv2d(w[0], 3, padding=1, bias=False))],
-                      [(w[0], 3, 1), (w[1], 3, 2), (w[2], 3, 2)], classes)
+                      [(w[0], 3, 1), (w[1], 3, 2), (w[2], 3, 2)], classes, True)
 
 
 def resnet18v2(in_shape, classes, width=1.0):
@@ -101,7 +107,8 @@ def resnet18v2(in_shape, classes, width=1.0):
                 ("pool_stem", MaxPool2d(3, 2, padding=1))]
     else:
         stem = [("conv_stem", Conv2d(w[0], 3, padding=1, bias=False))]
-    return _resnet_v2(stem, [(w[0], 2, 1), (w[1], 2, 2), (w[2], 2, 2), (w[3], 2, 2)], classes)
+    return _resnet_v2(stem, [(w[0], 2, 1), (w[1], 2, 2), (w[2], 2, 2), (w[3], 2, 2)], classes,
+                      False)
 
 
 ZOO = {

@@ -1,0 +1,85 @@
+"""``hfmeta meta-train``: meta-train a learned optimizer (MLHF, L2L, SLSTM)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+
+import click
+import numpy as np
+
+from .train import parse_hparams, parse_options
+
+
+def _mean(history, key, part):
+    values = [h[key] for h in part if key in h and np.isfinite(h[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@click.command("meta-train")
+@click.option("--method", "-m", type=click.Choice(["mlhf", "l2l", "slstm"]), default="mlhf",
+              show_default=True)
+@click.option("--model", default="cnn-small", show_default=True, help="Target net of meta-training.")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
+@click.option("--data", default="mnist5k", show_default=True)
+@click.option("--split", type=click.Choice(["meta", "train"]), default="meta", show_default=True,
+              help="The paper meta-trains on the first 3/5 of the training set.")
+@click.option("--batch-size", "-b", default=64, show_default=True, help="b_mt.")
+@click.option("--iterations", "-n", default=100, show_default=True, help="Meta-iterations (unrolls).")
+@click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE",
+              help="Meta-trainer option, e.g. T=10, n=4, use_rnn_p=false, meta_lr=0.001.")
+@click.option("--out", required=True, help="Meta-parameter file (.h5) to write.")
+@click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
+@click.option("--save-every", default=10, show_default=True, help="Meta-iterations between saves.")
+@click.pass_context
+def command(ctx, method, model, model_opts, data, split, batch_size, iterations, opts, out,
+            resume, save_every):
+    """Meta-train a learned optimizer; writes meta-parameters (HDF5) and a log (.jsonl).
+
+    Example (the shipped MLHF):
+    hfmeta meta-train --method mlhf --model cnn-small --iterations 200 --out mlhf.h5
+    """
+    from hfmeta.data import open_dataset
+    from hfmeta.meta.registry import get_meta_trainer
+    from hfmeta.models import build
+    from hfmeta.problem import Problem
+
+    obj = ctx.obj
+    ds = open_dataset(data)
+    net = build(model, ds.image_shape, ds.classes, dtype=obj["dtype"], device=obj["device"],
+                **parse_options(model_opts))
+    batches = ds.batches(split, batch_size, seed=obj["seed"], dtype=obj["dtype"],
+                         device=obj["device"], augment=ds.default_augment)
+    trainer = get_meta_trainer(method)(Problem(net), batches, seed=obj["seed"],
+                                       **parse_hparams(opts))
+    if resume:
+        trainer.resume_from(out)
+    command_line = "hfmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    log_path = os.path.splitext(out)[0] + ".jsonl"
+    quiet = obj.get("verbosity", 0) < 0
+    history = []
+    t0 = time.perf_counter()
+    with open(log_path, "a" if resume else "w") as log, \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+            click.progressbar(length=iterations, label=f"meta-training {method}", hidden=quiet,
+                              file=click.get_text_stream("stderr")) as bar:
+        def on_iteration(stats):
+            history.append(stats)
+            log.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, float)) else v)
+                                  for k, v in stats.items()}) + "\n")
+            log.flush()
+            bar.update(1)
+            if stats["iteration"] % save_every == 0:
+                trainer.save(out, command=command_line, model_name=model)
+        trainer.run(iterations, on_iteration)
+    trainer.save(out, command=command_line, model_name=model)
+    wall = time.perf_counter() - t0
+    k = max(1, min(10, len(history) // 4))
+    keys = [key for key in ("l_p", "l_s", "meta_loss", "loss", "residual") if key in history[0]]
+    click.echo(f"{method} meta-trained on {model}/{data}:{split}, b_mt={batch_size}, "
+               f"{len(history)} meta-iterations in {wall:.1f} s -> {out}")
+    for key in keys:
+        click.echo(f"  {key:10s} first {k}: {_mean(history, key, history[:k]):+.4f}   "
+                   f"last {k}: {_mean(history, key, history[-k:]):+.4f}")
