@@ -31,6 +31,7 @@ import numpy as np
 from .. import backend
 from ..errors import UserError
 from ..optim.base import Optimizer
+from ..optim.hf import curvature_linearization
 from ..params import KINDS
 from ..pcg import pcg
 from .bank import LSTMBank
@@ -164,13 +165,15 @@ class MLHF(Optimizer):
     """The MLHF optimizer (inference): meta-trained RNN_s, RNN_p and 4-step PCG.
 
     Hyper-parameters: ``lr`` ("auto" = b_tr / b_mt, the paper's rule), ``n``
-    (PCG iterations; default: the meta-trained value).  State: the LSTM states
+    (PCG iterations; default: the meta-trained value), ``curvature_batch``
+    (the Gauss-Newton products use only the first that many examples of the
+    batch, Martens' practice; None = the whole batch).  State: the LSTM states
     of both RNNs per kind and the previous PCG solution ``d_prev`` and residual
     ``r_prev`` -- all checkpointable.
     """
 
     name = "mlhf"
-    defaults = {"lr": "auto", "n": None}
+    defaults = {"lr": "auto", "n": None, "curvature_batch": None}
 
     def __init__(self, nets: MLHFNets, theta, model=None, **hparams):
         super().__init__(**hparams)
@@ -207,6 +210,7 @@ class MLHF(Optimizer):
             self.rows = self.nets.rows(problem.model.layout)
         xp = backend.get_array_module(w)
         f, g, lin = self.gradient(problem, w, batch)
+        lin = curvature_linearization(problem, w, batch, lin, self.curvature_batch)
         lstm = state["lstm"] or self.nets.zero_states(self.rows, xp, w.dtype)
         dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g,
                               state["d_prev"], state["r_prev"], self.rows)

@@ -1,0 +1,50 @@
+"""``hfmeta bench``: time the building blocks and the optimizers on one net."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .train import parse_options
+
+
+@click.command("bench")
+@click.option("--model", default="convnet", show_default=True)
+@click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
+@click.option("--in-shape", default="3,32,32", show_default=True, help="c,h,w")
+@click.option("--classes", default=10, show_default=True)
+@click.option("--batch-size", "-b", default=128, show_default=True)
+@click.option("--items", default="fwdbwd,gvp,pcg,sgd,mlhf,mlhf-q,kfac", show_default=True,
+              help="Comma-separated: fwdbwd, gvp, pcg, sgd, adam, kfac, mlhf, mlhf-q, unroll.")
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--unroll-T", "unroll_T", default=10, show_default=True)
+@click.option("--unroll-batch", default=64, show_default=True)
+@click.option("--json", "json_out", default=None, help="Also write the results to this file.")
+@click.pass_context
+def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeats, unroll_T,
+            unroll_batch, json_out):
+    """Median times (and ratios) of forward+backward, Gv, PCG and optimizer steps.
+
+    All items run in one process, so the ratios are fair on a noisy machine.
+    Set OPENBLAS_NUM_THREADS before running to control BLAS threads.
+    """
+    from hfmeta import bench
+
+    chosen = tuple(i.strip() for i in items.split(",") if i.strip())
+    unknown = [i for i in chosen if i not in bench.ITEMS]
+    if unknown:
+        raise click.BadParameter(f"unknown item(s) {', '.join(unknown)}; choose from "
+                                 f"{', '.join(bench.ITEMS)}", param_hint="--items")
+    quiet = ctx.obj.get("verbosity", 0) < 0
+    shape = tuple(int(s) for s in in_shape.split(","))
+    net, results = bench.run(model, shape, classes, batch_size, ctx.obj["dtype"],
+                             ctx.obj["device"], chosen, repeats, unroll_T, unroll_batch,
+                             parse_options(model_opts),
+                             progress=None if quiet else
+                             lambda item: click.echo(f"timing {item} ...", err=True))
+    click.echo(bench.format_table(net, results, batch_size))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"model": model, "params": net.num_params, "batch": batch_size,
+                       "device": ctx.obj["device"], "dtype": ctx.obj["dtype"],
+                       "results": results}, f, indent=2)
