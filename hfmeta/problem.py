@@ -7,6 +7,7 @@ Every optimizer, hand-crafted or learned, sees the network only through a
     f       = problem.loss(w, batch)                  # 0-d array
     f, g, lin = problem.loss_and_grad(w, batch)       # value, flat gradient, Linearization
     Gv      = problem.gvp(lin, v)                     # Gauss-Newton product at lin's point
+    Hv      = problem.hvp(lin, v, y)                  # exact Hessian product (hfmeta.curvature)
 
 A batch is ``(x, y)`` on the model's device.  Batch-norm running statistics
 (``problem.state``) are *not* touched by these calls, so line searches and
@@ -16,6 +17,7 @@ step's gradient.
 """
 from __future__ import annotations
 
+from . import curvature
 from .losses import SoftmaxCrossEntropy
 
 
@@ -46,11 +48,11 @@ class Problem:
 
     def gvp(self, lin, v, damping=None):
         """Gauss-Newton product ``G v = Jᵀ H_l J v`` (+ ``damping ⊙ v`` or ``damping · v``)."""
-        y = None  # the loss Hessian of cross-entropy/MSE does not depend on the labels
-        out = lin.backward(self.loss_fn.hvp(lin.output, y, lin.rop(v)))
-        if damping is not None:
-            out += damping * v
-        return out
+        return curvature.gvp(lin, self.loss_fn, v, damping)
+
+    def hvp(self, lin, v, y, damping=None):
+        """Exact Hessian product ``H v`` at ``lin``'s point (needs the labels ``y``)."""
+        return curvature.hvp(lin, self.loss_fn, y, v, damping)
 
     def commit_state(self, lin):
         """Fold a train-mode forward's batch statistics into the running statistics."""
