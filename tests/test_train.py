@@ -162,3 +162,28 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     before = (out / "checkpoint.h5").read_bytes()
     one_line_error(invoke("train", *TINY, "--steps", "2", "--out", str(out)), 1, "already holds a run")
     assert (out / "checkpoint.h5").read_bytes() == before
+
+
+def test_plot_two_runs_writes_png_with_both_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = []
+    for opt in ("adam", "sgd"):
+        out = tmp_path / opt
+        assert invoke("-q", "train", *TINY, "-o", opt, "--steps", "8", "--eval-every", "4",
+                      "--out", str(out)).exit_code == 0
+        runs.append(str(out))
+    png = tmp_path / "cmp.png"
+    r = invoke("plot", *runs, "--out", str(png), "--window", "3")
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    import matplotlib.image
+    img = matplotlib.image.imread(str(png))
+    # the default colour cycle draws run 1 in blue (#1f77b4) and run 2 in orange (#ff7f0e)
+    rgb = (img[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(rgb - colour).sum(axis=1) < 30).sum() > 50, colour
+
+
+def test_plot_of_a_non_run_folder(tmp_path):
+    one_line_error(invoke("plot", str(tmp_path), "--out", str(tmp_path / "x.png")), 1,
+                   "not a run folder")

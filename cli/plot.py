@@ -1,0 +1,19 @@
+"""``hfmeta plot``: the papers' figures from finished (or running) runs."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "-o", default="runs.png", show_default=True, help="PNG file to write.")
+@click.option("--label", "labels", multiple=True, help="Curve labels, one per run, in order.")
+@click.option("--window", default=20, show_default=True, help="Moving average of the step losses.")
+@click.option("--linear", is_flag=True, help="Linear instead of log scale for the loss.")
+def command(runs, out, labels, window, linear):
+    """Training loss and test accuracy against samples seen and against wall time."""
+    from hfmeta.plot import plot_runs
+
+    if labels and len(labels) != len(runs):
+        raise click.BadParameter(f"{len(labels)} labels for {len(runs)} runs", param_hint="--label")
+    click.echo(plot_runs(list(runs), out, list(labels) or None, window, not linear))
