@@ -13,6 +13,8 @@ import click
 @click.pass_context
 def command(ctx, model_name, in_shape, classes):
     """Print versions, the array backend and device, and the zoo's parameter counts."""
+    from importlib.metadata import version
+
     import h5py
     import numpy as np
 
@@ -20,7 +22,7 @@ def command(ctx, model_name, in_shape, classes):
     from hfmeta.models import ZOO, build
 
     click.echo(f"hfmeta {__version__}  python {platform.python_version()}  numpy {np.__version__}  "
-               f"h5py {h5py.__version__}  click {click.__version__}")
+               f"h5py {h5py.__version__}  click {version("click")}")
     if backend.cupy_available():
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(0)

@@ -1,0 +1,108 @@
+"""``hfmeta compare``: several optimizers, each tuned over its grid, one table."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import click
+import numpy as np
+
+from .train import parse_hparams, parse_options
+
+
+def _label(hparams):
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(hparams.items())) or "defaults"
+
+
+@click.command("compare")
+@click.argument("optimizers", nargs=-1, required=True)
+@click.option("--model", default="cnn-small", show_default=True)
+@click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
+@click.option("--data", default="mnist5k", show_default=True)
+@click.option("--split", type=click.Choice(["train", "target", "meta"]), default="target",
+              show_default=True, help="Training split (the MLHF paper trains on the last 2/5).")
+@click.option("--batch-size", "-b", default=128, show_default=True)
+@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--steps", type=int, default=None)
+@click.option("--eval-every", type=int, default=None)
+@click.option("--grid/--no-grid", default=True, show_default=True,
+              help="Tune each hand-crafted optimizer over its MLHF Table 1 grid.")
+@click.option("--hp", "hps", multiple=True, metavar="OPT:NAME=VALUE",
+              help="Fix a hyper-parameter of one optimizer, e.g. adam:lr=0.001 (repeatable).")
+@click.option("--meta", "metas", multiple=True, metavar="OPT=FILE",
+              help="Meta-parameters of a learned optimizer, e.g. mlhf=mlhf.h5.")
+@click.option("--select", type=click.Choice(["train_loss", "test_acc"]), default="train_loss",
+              show_default=True, help="What picks the best grid point.")
+@click.option("--out", default="runs/compare", show_default=True)
+@click.option("--keep-all", is_flag=True, help="Keep every grid point's run, not only the best.")
+@click.pass_context
+def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs, steps,
+            eval_every, grid, hps, metas, select, out, keep_all):
+    """Train with each OPTIMIZER (tuned over its grid), keep the best runs, print one table.
+
+    Example: hfmeta compare sgd rmsprop adam mlhf --epochs 2
+    """
+    from hfmeta.errors import NonFiniteLoss
+    from hfmeta.meta.registry import LEARNED
+    from hfmeta.optim import OPTIMIZERS, grid as table1_grid
+    from hfmeta.train import Run, RunConfig
+
+    obj = ctx.obj
+    fixed = {}
+    for item in hps:
+        if ":" not in item:
+            raise click.BadParameter(f"{item!r} is not OPT:NAME=VALUE", param_hint="--hp")
+        opt, pair = item.split(":", 1)
+        fixed.setdefault(opt, []).append(pair)
+    meta_files = dict(m.split("=", 1) for m in metas if "=" in m)
+    for name in optimizers:
+        if name not in OPTIMIZERS and name not in LEARNED:
+            raise click.BadParameter(f"unknown optimizer {name!r}", param_hint="OPTIMIZERS")
+    rows = []
+    for name in optimizers:
+        own = parse_hparams(fixed.get(name, []))
+        points = [{}]
+        if grid and name in OPTIMIZERS:
+            points = [p for p in table1_grid(name, batch_size) if all(p.get(k, v) == v
+                                                                       for k, v in own.items())]
+        results = []
+        for k, point in enumerate(points):
+            hparams = {**point, **own}
+            cfg = RunConfig(model=model, model_options=parse_options(model_opts), data=data,
+                            split=split, optimizer=name, hparams=hparams,
+                            meta=meta_files.get(name), batch_size=batch_size, epochs=epochs,
+                            steps=steps, eval_every=eval_every, seed=obj["seed"],
+                            device=obj["device"], dtype=obj["dtype"])
+            run_dir = os.path.join(out, name, f"{k:03d}")
+            if os.path.exists(run_dir):
+                shutil.rmtree(run_dir)
+            click.echo(f"{name} [{k + 1}/{len(points)}] {_label(hparams)}", err=True)
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    summary = Run.create(cfg, run_dir).train()
+            except NonFiniteLoss:  # a diverging grid point is a result, not a failure
+                summary = {"train_loss": float("inf"), "test_acc": 0.0, "test_loss": float("inf"),
+                           "wall": float("nan"), "run_dir": run_dir, "diverged": True}
+            summary["hparams"] = hparams
+            results.append(summary)
+        score = ((lambda s: s["train_loss"]) if select == "train_loss"
+                 else (lambda s: -s["test_acc"]))
+        best = min(results, key=lambda s: (not np.isfinite(score(s)), score(s)))
+        if not keep_all:
+            for s in results:
+                if s is not best and os.path.isdir(s["run_dir"]):
+                    shutil.rmtree(s["run_dir"])
+        rows.append((name, len(results), best))
+    table = [f"{'optimizer':12s} {'grid':>5s} {'train loss':>11s} {'test loss':>10s} "
+             f"{'test acc':>9s} {'wall s':>8s}  best hyper-parameters / run"]
+    for name, n, s in rows:
+        table.append(f"{name:12s} {n:5d} {s['train_loss']:11.4f} {s['test_loss']:10.4f} "
+                     f"{100 * s['test_acc']:8.2f}% {s['wall']:8.1f}  {_label(s['hparams'])}  "
+                     f"{s['run_dir']}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump([{"optimizer": n, "grid_points": k, **s} for n, k, s in rows], f, indent=2,
+                  default=float)
+    click.echo("\n".join(table))

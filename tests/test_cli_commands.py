@@ -1,0 +1,76 @@
+"""CliRunner tests of the commands not covered elsewhere, on tiny configurations."""
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from hfmeta.cli import cli
+
+TINY_MODEL = ["--model", "mlp", "--model-opt", "hidden=[8]"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_info_lists_the_zoo():
+    r = invoke("info", "--in-shape", "3,32,32")
+    assert r.exit_code == 0, r.output
+    assert "convnet" in r.output and "1,756,426" in r.output and "numpy" in r.output
+
+
+def test_info_model_layout():
+    r = invoke("info", "--model", "cnn-small", "--in-shape", "1,28,28")
+    assert r.exit_code == 0 and "conv1.weight" in r.output and "total" in r.output
+
+
+def test_gradcheck_command_on_a_subset():
+    r = invoke("-q", "gradcheck", "-k", "maxpool")
+    assert r.exit_code == 0, r.output
+    assert "maxpool 2/2" in r.output and "0 failed" in r.output
+    r = invoke("gradcheck", "-k", "no-such-layer")
+    assert r.exit_code == 2
+
+
+def test_bench_command_tiny(tmp_path):
+    out = tmp_path / "b.json"
+    r = invoke("-q", "bench", "--model", "cnn-small", "--in-shape", "1,8,8", "--batch-size", "8",
+               "--items", "fwdbwd,gvp,sgd,mlhf", "--repeats", "1", "--json", str(out))
+    assert r.exit_code == 0, r.output
+    assert "fwdbwd" in r.output and "mlhf" in r.output
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"fwdbwd", "gvp", "sgd", "mlhf"}
+    assert all(v["seconds"] > 0 for v in data["results"].values())
+    r = invoke("bench", "--items", "nope")
+    assert r.exit_code == 2
+
+
+def test_compare_tunes_each_optimizer_over_its_grid(tmp_path):
+    out = tmp_path / "cmp"
+    r = invoke("-q", "compare", "sgd", "adam", *TINY_MODEL, "--steps", "4", "--batch-size", "16",
+               "--hp", "sgd:momentum=0.9", "--hp", "adam:beta1=0.9", "--hp", "adam:beta2=0.999",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "compare.json").read_text())
+    assert [row["optimizer"] for row in rows] == ["sgd", "adam"]
+    assert all(row["grid_points"] == 3 for row in rows)          # lr ∈ {0.1, 0.01, 0.001}·16/128
+    for row in rows:
+        assert np.isclose(row["hparams"]["lr"] / (16 / 128), [0.1, 0.01, 0.001]).any()
+        kept = [p for p in (out / row["optimizer"]).iterdir()]
+        assert len(kept) == 1                                     # only the best run is kept
+    assert "best hyper-parameters" in r.output
+
+
+def test_meta_train_command_tiny(tmp_path):
+    out = tmp_path / "m.h5"
+    r = invoke("-q", "meta-train", "--method", "mlhf", "--model", "cnn-small", "--model-opt",
+               "channels=2", "--batch-size", "8", "--iterations", "2", "--opt", "T=2",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.exists() and (tmp_path / "m.jsonl").read_text().count("\n") == 2
+    assert "l_p" in r.output and "l_s" in r.output
+    # the meta-trained file drives training
+    r = invoke("-q", "train", "--model", "cnn-small", "--model-opt", "channels=2", "-o", "mlhf",
+               "--meta", str(out), "--steps", "3", "--batch-size", "16",
+               "--out", str(tmp_path / "run"))
+    assert r.exit_code == 0, r.output
