@@ -22,7 +22,7 @@ def command(ctx, model_name, in_shape, classes):
     from hfmeta.models import ZOO, build
 
     click.echo(f"hfmeta {__version__}  python {platform.python_version()}  numpy {np.__version__}  "
-               f"h5py {h5py.__version__}  click {version("click")}")
+               f"h5py {h5py.__version__}  click {version('click')}")
     if backend.cupy_available():
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(0)
