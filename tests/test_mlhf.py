@@ -145,3 +145,32 @@ def test_missing_kind_is_a_clear_error():
     nets = MLHFNets(kinds=("fc.weight", "fc.bias"))
     with pytest.raises(UserError, match="conv.weight"):
         nets.rows(tiny_bn_convnet().layout)
+
+
+def test_transfer_resnet_mini_to_resnet18v2_and_kind_mismatch(tmp_path):
+    from hfmeta.errors import UserError
+    from hfmeta.models import build
+    rng = np.random.default_rng(0)
+    small = build("resnet-mini", (3, 8, 8), 3, dtype="float64", width=0.25)
+
+    class Stream:
+        batch_size = 4
+
+        def __next__(self):
+            return rng.standard_normal((4, 3, 8, 8)), rng.integers(0, 3, 4)
+
+    trainer = MetaTrainer(Problem(small), Stream(), T=2, seed=0)
+    trainer.run(1)
+    path = str(tmp_path / "resnet.h5")
+    trainer.save(path)
+    big = build("resnet18v2", (3, 8, 8), 3, dtype="float64", width=1 / 16)
+    opt = MLHF.from_meta(path, big)
+    problem = Problem(big)
+    w = big.init(0)
+    state = opt.init(w)
+    for _ in range(2):
+        w, state, info = opt.step(problem, w, state, next(Stream()))
+    assert np.isfinite(info["loss"]) and np.isfinite(w).all()
+    # cnn-small has conv biases, which ResNets (no conv biases) never meta-trained
+    with pytest.raises(UserError, match="conv.bias"):
+        MLHF.from_meta(path, build("cnn-small", (3, 8, 8), 3, dtype="float64"))

@@ -184,7 +184,12 @@ class MLHF(Optimizer):
 
     @classmethod
     def from_meta(cls, path, model, untrained=False, seed=0, **hparams):
-        """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh meta-nets)."""
+        """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh meta-nets).
+
+        Transfer: meta-parameters are per parameter kind, so they apply to any
+        model whose kinds were all seen in meta-training (``resnet-mini`` →
+        ``resnet18v2``); a kind never meta-trained is a clear error.
+        """
         xp = model.xp if model is not None else np
         dtype = model.dtype if model is not None else np.float64
         if untrained:
@@ -195,7 +200,15 @@ class MLHF(Optimizer):
             if not os.path.exists(path):
                 raise UserError("no shipped MLHF meta-parameters; run `hfmeta meta-train "
                                 "--method mlhf` or pass --meta")
-        nets, theta, _, _ = MLHFNets.load(path, xp, dtype)
+        nets, theta, config, _ = MLHFNets.load(path, xp, dtype)
+        trained = config.get("trained_kinds")
+        if model is not None and trained is not None:
+            untrained_kinds = [k for k in model.layout.kinds if k not in trained]
+            if untrained_kinds:
+                raise UserError(
+                    f"{path} was meta-trained on {config.get('model', '?')}, whose parameters "
+                    f"have no {', '.join(untrained_kinds)}; {model.name} needs them "
+                    f"(meta-train on a model with those kinds)")
         return cls(nets, theta, model, **hparams)
 
     def lr_for(self, batch_size):

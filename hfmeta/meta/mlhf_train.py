@@ -251,6 +251,7 @@ class MetaTrainer:
     def save(self, path, command="", model_name=None):
         self.nets.save(path, self.theta,
                        extra_config={"model": model_name or self.problem.model.name,
+                                     "trained_kinds": self.problem.model.layout.kinds,
                                      "T": self.T, "iterations": self.iteration,
                                      "command": command},
                        extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
