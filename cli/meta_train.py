@@ -56,6 +56,8 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
                                        **parse_hparams(opts))
     if resume:
         trainer.resume_from(out)
+    evaluate = getattr(trainer, "evaluate", None)
+    before = evaluate() if evaluate else None
     command_line = "hfmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     log_path = os.path.splitext(out)[0] + ".jsonl"
     quiet = obj.get("verbosity", 0) < 0
@@ -76,6 +78,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
         trainer.run(iterations, on_iteration)
     trainer.save(out, command=command_line, model_name=model)
     wall = time.perf_counter() - t0
+    after = evaluate() if evaluate else None
     k = max(1, min(10, len(history) // 4))
     keys = [key for key in ("l_p", "l_s", "meta_loss", "loss", "residual") if key in history[0]]
     click.echo(f"{method} meta-trained on {model}/{data}:{split}, b_mt={batch_size}, "
@@ -83,3 +86,9 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     for key in keys:
         click.echo(f"  {key:10s} first {k}: {_mean(history, key, history[:k]):+.4f}   "
                    f"last {k}: {_mean(history, key, history[-k:]):+.4f}")
+    if before is not None:
+        click.echo("  on fixed held-out unrolls (same start nets and batches), before -> after:")
+        for key in before:
+            click.echo(f"  {key:10s} {before[key]:+.4f} -> {after[key]:+.4f}")
+        with open(log_path, "a") as log:
+            log.write(json.dumps({"evaluation": {"before": before, "after": after}}) + "\n")

@@ -67,8 +67,10 @@ def test_meta_train_command_tiny(tmp_path):
                "channels=2", "--batch-size", "8", "--iterations", "2", "--opt", "T=2",
                "--out", str(out))
     assert r.exit_code == 0, r.output
-    assert out.exists() and (tmp_path / "m.jsonl").read_text().count("\n") == 2
-    assert "l_p" in r.output and "l_s" in r.output
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert out.exists() and [x.get("iteration") for x in lines[:2]] == [1, 2]
+    assert set(lines[2]["evaluation"]) == {"before", "after"}
+    assert "l_p" in r.output and "l_s" in r.output and "before -> after" in r.output
     # the meta-trained file drives training
     r = invoke("-q", "train", "--model", "cnn-small", "--model-opt", "channels=2", "-o", "mlhf",
                "--meta", str(out), "--steps", "3", "--batch-size", "16",

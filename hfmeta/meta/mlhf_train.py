@@ -239,6 +239,29 @@ class MetaTrainer:
         return {"iteration": self.iteration, "reset": reset, "grad_norm": grad_norm,
                 "wall": time.perf_counter() - t0, **res.stats}
 
+    def evaluate(self, theta=None, starts=3, seed=12345):
+        """l_p, l_s and mean ‖r_n‖ of unrolls from fixed conditions (no update).
+
+        ``starts`` fresh target nets (seeds ``seed + k``), each unrolled for T
+        steps from zero RNN states on fixed batches of the meta split, without
+        the step noise: the same conditions for every ``theta``, so numbers
+        taken before and after meta-training compare (the training curve mixes
+        resets and ever-better-trained target nets).
+        """
+        theta = self.theta if theta is None else theta
+        model = self.problem.model
+        out = {"l_p": [], "l_s": [], "residual": []}
+        for k in range(starts):
+            w = model.init(seed + k)
+            states = self.nets.zero_states(self.rows, self.xp, self.dtype)
+            batches = [self.batches.batch_at(10 ** 6 + k * (self.T + 1) + t)
+                       for t in range(self.T + 1)]
+            res = unroll(self.nets, theta, self.problem, w, states, None, None, batches,
+                         self.rows, lr=1.0, clip=self.clip, noise=None, backward=False)
+            for key in out:
+                out[key].append(res.stats[key])
+        return {key: float(np.mean(v)) for key, v in out.items()}
+
     def run(self, iterations, on_iteration=None):
         history = []
         for _ in range(int(iterations)):
