@@ -14,8 +14,10 @@ from .train import parse_options
 @click.option("--in-shape", default="3,32,32", show_default=True, help="c,h,w")
 @click.option("--classes", default=10, show_default=True)
 @click.option("--batch-size", "-b", default=128, show_default=True)
-@click.option("--items", default="fwdbwd,gvp,pcg,sgd,mlhf,mlhf-q,kfac", show_default=True,
-              help="Comma-separated: fwdbwd, gvp, pcg, sgd, adam, kfac, mlhf, mlhf-q, unroll.")
+@click.option("--items", default="fwdbwd,gvp,pcg,sgd,adam,kfac,mlhf,mlhf-q", show_default=True,
+              help="Comma-separated: fwdbwd, gvp, pcg, any optimizer (sgd, rmsprop, adam, "
+                   "hf-fixed, hf-lm, martens-hf, kfac, sou, mlhf, l2l, slstm), mlhf-q, unroll; "
+                   "or 'all'.")
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--unroll-T", "unroll_T", default=10, show_default=True)
 @click.option("--unroll-batch", default=64, show_default=True)
@@ -30,18 +32,19 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
     """
     from hfmeta import bench
 
-    chosen = tuple(i.strip() for i in items.split(",") if i.strip())
-    unknown = [i for i in chosen if i not in bench.ITEMS]
+    known = bench.all_items()
+    chosen = known if items == "all" else tuple(i.strip() for i in items.split(",") if i.strip())
+    unknown = [i for i in chosen if i not in known]
     if unknown:
         raise click.BadParameter(f"unknown item(s) {', '.join(unknown)}; choose from "
-                                 f"{', '.join(bench.ITEMS)}", param_hint="--items")
+                                 f"{', '.join(known)}", param_hint="--items")
     quiet = ctx.obj.get("verbosity", 0) < 0
     shape = tuple(int(s) for s in in_shape.split(","))
     net, results = bench.run(model, shape, classes, batch_size, ctx.obj["dtype"],
                              ctx.obj["device"], chosen, repeats, unroll_T, unroll_batch,
                              parse_options(model_opts),
                              progress=None if quiet else
-                             lambda item: click.echo(f"timing {item} ...", err=True))
+                             lambda what: click.echo(f"timing {what} ...", err=True))
     click.echo(bench.format_table(net, results, batch_size))
     if json_out:
         with open(json_out, "w") as f:

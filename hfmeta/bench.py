@@ -4,20 +4,22 @@ Each item is timed on one model, batch and dtype, all in the same process so
 that ratios between items (MLHF step / SGD step, Gv / forward+backward) are
 meaningful on a noisy machine:
 
-=========  ===================================================================
-item       what is timed
-=========  ===================================================================
-fwdbwd     forward + backward (gradient) at a fresh point
-gvp        one Gauss-Newton-vector product at a kept linearization
-pcg        one PCG solve with n = 4 (5 products with G + diag(s))
-sgd        one SGD step            (includes its forward + backward)
-adam       one Adam step
-kfac       one K-FAC step, default settings: the median is a step without the
-           inversion that comes every ``inverse_every`` (20) steps
-mlhf       one MLHF step (untrained meta-nets; the cost does not depend on them)
-mlhf-q     one MLHF step with a quarter-size curvature batch
-unroll     one MLHF meta-training unroll (T = 10 by default, its own batch size)
-=========  ===================================================================
+=============  ===============================================================
+item           what is timed
+=============  ===============================================================
+fwdbwd         forward + backward (gradient) at a fresh point
+gvp            one Gauss-Newton-vector product at a kept linearization
+pcg            one PCG solve with n = 4 (5 products with G + diag(s))
+sgd, adam, …   one step of each hand-crafted optimizer (default settings; the
+               K-FAC median is a step without the inversion that comes every
+               20 steps; HF's cost follows its CG iterations)
+mlhf, l2l,     one step of each learned optimizer
+slstm
+mlhf-q         one MLHF step with a quarter-size curvature batch
+unroll         one MLHF meta-training unroll (T = 10, its own batch size)
+=============  ===============================================================
+
+Items are timed round-robin (:func:`interleaved_medians`).
 
 Peak memory of ``unroll`` is measured with :mod:`tracemalloc` on NumPy (which
 reports every array allocation to it) and with CuPy's memory pool on the GPU.
@@ -37,7 +39,13 @@ from . import backend
 from .models import build
 from .problem import Problem
 
-ITEMS = ("fwdbwd", "gvp", "pcg", "sgd", "adam", "kfac", "mlhf", "mlhf-q", "unroll")
+BASIC = ("fwdbwd", "gvp", "pcg")
+LEARNED = ("mlhf", "mlhf-q", "l2l", "slstm")
+
+
+def all_items():
+    from .optim import OPTIMIZERS
+    return BASIC + tuple(OPTIMIZERS) + LEARNED + ("unroll",)
 
 
 def _sync(xp):
@@ -45,18 +53,25 @@ def _sync(xp):
         xp.cuda.Stream.null.synchronize()
 
 
-def median_time(fn, repeats, xp=np, warmup=1):
-    """Median wall time of ``fn()`` in seconds (device synchronised)."""
-    for _ in range(warmup):
-        fn()
-    _sync(xp)
-    times = []
+def interleaved_medians(fns, repeats, xp=np, warmup=1):
+    """Median wall time (s) of each ``fns[name]()``, timed round-robin.
+
+    One call of every function per round, ``repeats`` rounds, so a load that
+    comes and goes on a shared machine hits every item alike and the *ratios*
+    stay fair.  The device is synchronised around every call.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(xp)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            _sync(xp)
+            t0 = time.perf_counter()
+            fn()
+            _sync(xp)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _batch(model, batch_size, seed=0):
@@ -66,56 +81,61 @@ def _batch(model, batch_size, seed=0):
     return backend.to_device(x, model.device), backend.to_device(y, model.device)
 
 
-def _optimizer_step(problem, opt, w, batch):
-    state = opt.init(w)
-    opt.step(problem, w, state, batch)          # warm start (LSTM states, factors)
-    return lambda: opt.step(problem, w, state, batch)
+def _stepper(problem, opt, w, batch):
+    """A closure taking one optimizer step from ``w``; the state carries over
+    between calls (K-FAC refreshes its inverses every 20 calls, as in training)."""
+    box = {"state": opt.init(w)}
+
+    def step():
+        _, box["state"], _ = opt.step(problem, w, box["state"], batch)
+    return step
+
+
+def _make_optimizer(name, model, batch_size):
+    from .optim import OPTIMIZERS, get_optimizer
+    if name in OPTIMIZERS:
+        return get_optimizer(name)
+    from .meta.registry import get_learned
+    if name == "mlhf-q":
+        return get_learned("mlhf", model=model, untrained=True, curvature_batch=batch_size // 4)
+    return get_learned(name, model=model, untrained=True)
 
 
 def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
-        dtype="float32", device="cpu", items=ITEMS, repeats=5, unroll_T=10,
+        dtype="float32", device="cpu", items=None, repeats=5, unroll_T=10,
         unroll_batch=64, model_options=None, progress=None):
-    """Time ``items``; returns ``{item: {"seconds": s, ...}}``."""
+    """Time ``items`` (default: all); returns ``(model, {item: {"seconds": s, ...}})``.
+
+    Learned optimizers run with untrained meta-nets: their cost does not
+    depend on the meta-parameters.
+    """
+    items = tuple(items or all_items())
     model = build(model_name, in_shape, classes, dtype=dtype, device=device,
                   **(model_options or {}))
     problem = Problem(model)
     xp = model.xp
     w = model.init(0)
     batch = _batch(model, batch_size)
-    results = {}
-
-    def record(item, fn, **extra):
-        if progress:
-            progress(item)
-        results[item] = {"seconds": median_time(fn, repeats, xp), **extra}
-
+    fns = {}
     if "fwdbwd" in items:
-        record("fwdbwd", lambda: problem.loss_and_grad(w, batch))
+        fns["fwdbwd"] = lambda: problem.loss_and_grad(w, batch)
     if "gvp" in items or "pcg" in items:
         _, g, lin = problem.loss_and_grad(w, batch)
         v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
+        s = xp.full(model.num_params, 1e-2, dtype=model.dtype)
         if "gvp" in items:
-            record("gvp", lambda: problem.gvp(lin, v))
+            fns["gvp"] = lambda: problem.gvp(lin, v)
         if "pcg" in items:
             from .pcg import pcg
-            s = xp.full(model.num_params, 1e-2, dtype=model.dtype)
-            record("pcg", lambda: pcg(lambda u: problem.gvp(lin, u, s), g, None, None, 4,
-                                      record=False))
-        del lin
-    from .optim import get_optimizer
-    for item, make in (("sgd", lambda: get_optimizer("sgd", lr=0.01)),
-                       ("adam", lambda: get_optimizer("adam")),
-                       ("kfac", lambda: get_optimizer("kfac"))):
-        if item in items:
-            record(item, _optimizer_step(problem, make(), w, batch))
-    if "mlhf" in items or "mlhf-q" in items:
-        from .meta.mlhf import MLHF
-        if "mlhf" in items:
-            record("mlhf", _optimizer_step(problem, MLHF.from_meta(None, model, untrained=True),
-                                           w, batch))
-        if "mlhf-q" in items:
-            opt = MLHF.from_meta(None, model, untrained=True, curvature_batch=batch_size // 4)
-            record("mlhf-q", _optimizer_step(problem, opt, w, batch))
+            fns["pcg"] = lambda: pcg(lambda u: problem.gvp(lin, u, s), g, None, None, 4,
+                                     record=False)
+    for name in items:
+        if name not in BASIC and name != "unroll":
+            fns[name] = _stepper(problem, _make_optimizer(name, model, batch_size), w, batch)
+    if progress:
+        progress(", ".join(fns))
+    medians = interleaved_medians(fns, repeats, xp)
+    results = {name: {"seconds": sec} for name, sec in medians.items()}
     if "unroll" in items:
         results["unroll"] = time_unroll(problem, unroll_T, unroll_batch, progress)
     return model, results
