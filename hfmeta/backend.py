@@ -79,6 +79,19 @@ def asnumpy(x):
     return np.asarray(x)
 
 
+def add_optional(a, b):
+    """``a + b`` where ``None`` means zero (no new array when one side is ``None``).
+
+    Directions and cotangents are ``None`` where they are known to be zero
+    (the R-op before the first parameter, a missing output cotangent).
+    """
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
 def to_float(x) -> float:
     """A Python float from a 0-d array; on CuPy this is a host sync."""
     return float(x)

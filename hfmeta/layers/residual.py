@@ -39,17 +39,8 @@ PRE = ("bn1", "relu1")
 BRANCH = ("conv1", "bn2", "relu2", "conv2")
 
 
-def _add(u, v):
-    """Sum of two cotangents or directions, ``None`` meaning zero."""
-    if u is None:
-        return v
-    if v is None:
-        return u
-    return u + v
-
-
 def _add_pairs(u, v):
-    return tuple(_add(a, b) for a, b in zip(u, v))
+    return tuple(backend.add_optional(a, b) for a, b in zip(u, v))
 
 
 class PreActBlock(Composite):
@@ -104,9 +95,9 @@ class PreActBlock(Composite):
         h = a
         for name in BRANCH:
             h = step(name, h)
-        return _add(h, step("proj", a) if self.has_projection else x)
+        return backend.add_optional(h, step("proj", a) if self.has_projection else x)
 
-    def _backwards(self, dy, step, need_dx, add=_add):
+    def _backwards(self, dy, step, need_dx, add=backend.add_optional):
         """Cotangent of x from that of y, ``step(name, cotangent, need_dx) -> input cotangent``."""
         da = dy
         for name in reversed(BRANCH):

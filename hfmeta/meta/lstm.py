@@ -199,7 +199,7 @@ class CoordinateLSTM:
             dh = d_out @ p["out.weight"]
         d_state_prev = [None] * L
         for l in reversed(range(L)):
-            dh = _add(dh, d_state[l][0])
+            dh = backend.add_optional(dh, d_state[l][0])
             dz, dc_prev = self._layer_backward(xp, p, dp, l, cache[l], dh, d_state[l][1])
             n_in = dz.shape[1] - self.hidden[l]     # dz = [x̄, h̄_prev]
             d_state_prev[l] = (dz[:, n_in:], dc_prev)
@@ -251,12 +251,3 @@ class CoordinateLSTM:
         for t in reversed(range(len(caches))):
             _, d_xs[t], d_state = self.backward_step(theta, caches[t], d_outs[t], d_state, d_theta)
         return d_theta, d_xs, d_state
-
-
-def _add(a, b):
-    """``a + b`` where None means zero (no new array when one side is None)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
