@@ -66,7 +66,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     with open(log_path, "a" if resume else "w") as log, \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=iterations, label=f"meta-training {method}", hidden=quiet,
-                              file=click.get_text_stream("stderr")) as bar:
+                              file=sys.stderr) as bar:
         def on_iteration(stats):
             history.append(stats)
             log.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, float)) else v)

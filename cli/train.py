@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import click
@@ -91,6 +92,6 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     # a diverging run is reported by the non-finite-loss check, not by NumPy warnings
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,
-                              file=click.get_text_stream("stderr")) as bar:
+                              file=sys.stderr) as bar:
         summary = run.train(on_step=lambda step, info: bar.update(1))
     click.echo(format_summary(summary))
