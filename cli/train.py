@@ -9,7 +9,7 @@ import time
 import click
 import numpy as np
 
-DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "adam"}
+DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "mlhf"}
 
 
 def parse_hparams(pairs):
@@ -52,7 +52,8 @@ def format_summary(s):
 @click.option("--split", type=click.Choice(["train", "target", "meta"]), default="train",
               show_default=True, help="Training split: all, the paper's last 2/5, or first 3/5.")
 @click.option("--optimizer", "-o", default=DEFAULTS["optimizer"], show_default=True,
-              help="Optimizer name (sgd, rmsprop, adam, hf-fixed, hf-lm, martens-hf, kfac, sou, ...).")
+              help="Optimizer: mlhf, l2l, slstm (learned) or sgd, rmsprop, adam, hf-fixed, hf-lm, "
+                   "martens-hf, kfac, sou.")
 @click.option("--hp", "hps", multiple=True, metavar="NAME=VALUE",
               help="Optimizer hyper-parameter, e.g. lr=0.01 (repeatable).")
 @click.option("--meta", default=None, help="Meta-parameter checkpoint of a learned optimizer.")
@@ -71,7 +72,8 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     """Train a network; log metrics, checkpoint, print a summary.
 
     With no options it trains `cnn-small` on the shipped 5,000 MNIST digits
-    with Adam for 3 epochs on the CPU.
+    for 3 epochs on the CPU with the shipped meta-trained MLHF (learned damping
+    and preconditioner, 4-step PCG).
     """
     from hfmeta.train import Run, RunConfig
 

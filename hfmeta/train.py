@@ -52,7 +52,7 @@ class RunConfig:
     model_options: dict = field(default_factory=dict)
     data: str = "mnist5k"
     split: str = "train"              # "target" for the MLHF paper's protocol
-    optimizer: str = "adam"
+    optimizer: str = "mlhf"
     hparams: dict = field(default_factory=dict)
     meta: str | None = None           # meta-parameter checkpoint of a learned optimizer
     batch_size: int = 128

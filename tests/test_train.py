@@ -14,7 +14,7 @@ from hfmeta.cli import cli
 from hfmeta.datasets.hdf5 import DatasetWriter
 from hfmeta.storage import load_checkpoint
 
-TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--batch-size", "32"]
+TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--batch-size", "32", "-o", "adam"]
 
 
 def invoke(*args):
@@ -47,6 +47,21 @@ def test_train_prints_summary_and_writes_run_folder(tmp_path):
     assert summary["steps"] == 12 and 0 <= summary["test_acc"] <= 1
     ck = load_checkpoint(out / "checkpoint.h5")
     assert ck["step"] == 12 and ck["weights"]["w"].shape == (summary["params"],)
+
+
+def test_default_is_the_shipped_mlhf_on_mnist5k(tmp_path):
+    """`hfmeta train` with no options: cnn-small, mnist5k, the shipped meta-trained MLHF."""
+    out = tmp_path / "run"
+    r = invoke("-q", "train", "--steps", "6", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    cfg = json.load(open(out / "config.json"))
+    assert (cfg["model"], cfg["data"], cfg["optimizer"], cfg["meta"]) == \
+        ("cnn-small", "mnist5k", "mlhf", None)
+    steps = [json.loads(x) for x in open(out / "metrics.jsonl") if '"step"' in x]
+    steps = [x for x in steps if x["kind"] == "step"]
+    assert all(x["lr"] == 1.0 for x in steps)                 # b_tr / b_mt = 128 / 128
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert "with mlhf" in r.output and "test accuracy" in r.output
 
 
 def test_training_lowers_the_loss(tmp_path):
