@@ -14,7 +14,7 @@ from hfmeta.data import open_dataset
 from hfmeta.optim import OPTIMIZERS, get_optimizer
 from hfmeta.problem import Problem
 
-# settings that are stable from the He initialisation (loss ≈ 4 at step 0)
+# settings that are stable on cnn-small from its default initialisation (loss ≈ 2.4 at step 0)
 HPARAMS = {
     "sgd": {"lr": 0.02, "momentum": 0.9},
     "rmsprop": {"lr": 1e-3, "decay": 0.9},
