@@ -146,7 +146,8 @@ class KFAC(Optimizer):
     """K-FAC/KFC: ``w ← w − lr·v,  v ← μv + (G+γ_G I)⁻¹ ∇W̄ (A+γ_A I)⁻¹`` per layer."""
 
     name = "kfac"
-    defaults = {"lr": 0.01, "damping": 0.01, "cov_ema_decay": 0.95, "inverse_every": 20,
+    # damping 0.1: with 0.01 the cnn-small/mnist5k training loss spikes (window mean 3.5)
+    defaults = {"lr": 0.01, "damping": 0.1, "cov_ema_decay": 0.95, "inverse_every": 20,
                 "momentum": 0.9, "norm_constraint": None, "seed": 0}
 
     def init(self, w):

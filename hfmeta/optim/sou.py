@@ -43,7 +43,8 @@ class SOU(Optimizer):
     """Diagonal Newton step ``θ ← θ − α g / (|h| + μ)`` (Becker & LeCun 1988)."""
 
     name = "sou"
-    defaults = {"lr": 0.1, "mu": 1e-3, "diagonal": "becker-lecun", "samples": 1, "seed": 0}
+    # lr 0.01, μ 1: with lr 0.1, μ 1e-3 the step g/(|h| + μ) diverges within 10 steps
+    defaults = {"lr": 0.01, "mu": 1.0, "diagonal": "becker-lecun", "samples": 1, "seed": 0}
 
     def __init__(self, **hparams):
         super().__init__(**hparams)
