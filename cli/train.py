@@ -95,5 +95,10 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,
                               file=sys.stderr) as bar:
-        summary = run.train(on_step=lambda step, info: bar.update(1))
+        def on_eval(e):
+            if obj.get("verbosity", 0) >= 1:
+                click.echo(f"\nstep {e['step']}: train loss {e['train_loss']:.4f}  test loss "
+                           f"{e['test_loss']:.4f}  test accuracy {100 * e['test_acc']:.2f}%",
+                           err=True)
+        summary = run.train(on_step=lambda step, info: bar.update(1), on_eval=on_eval)
     click.echo(format_summary(summary))

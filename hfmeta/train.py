@@ -199,8 +199,9 @@ class Run:
         self._log(record)
         return record
 
-    def train(self, on_step=None):
-        """Run to ``total_steps``; ``on_step(step, info)`` is called after each step.
+    def train(self, on_step=None, on_eval=None):
+        """Run to ``total_steps``; ``on_step(step, info)`` is called after each step
+        and ``on_eval(record)`` after each evaluation.
 
         Returns the summary dict (also written to ``summary.json``).
         """
@@ -233,6 +234,8 @@ class Run:
                                **{k: _jsonable(v) for k, v in info.items()}})
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
                     last_eval = self.evaluate()
+                    if on_eval:
+                        on_eval(last_eval)
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
                 if on_step:

@@ -202,3 +202,10 @@ def test_plot_two_runs_writes_png_with_both_curves(tmp_path):
 def test_plot_of_a_non_run_folder(tmp_path):
     one_line_error(invoke("plot", str(tmp_path), "--out", str(tmp_path / "x.png")), 1,
                    "not a run folder")
+
+
+def test_verbose_prints_each_evaluation(tmp_path):
+    r = CliRunner().invoke(cli, ["-v", "train", *TINY, "--steps", "4", "--eval-every", "2",
+                                 "--out", str(tmp_path / "v")])
+    assert r.exit_code == 0, r.output
+    assert "step 2: train loss" in r.output and "step 4: train loss" in r.output
