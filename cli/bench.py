@@ -21,10 +21,12 @@ from .train import parse_options
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--unroll-T", "unroll_T", default=10, show_default=True)
 @click.option("--unroll-batch", default=64, show_default=True)
+@click.option("--compare-torch", is_flag=True,
+              help="Also time the same net and weights in PyTorch (installed separately).")
 @click.option("--json", "json_out", default=None, help="Also write the results to this file.")
 @click.pass_context
 def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeats, unroll_T,
-            unroll_batch, json_out):
+            unroll_batch, compare_torch, json_out):
     """Median times (and ratios) of forward+backward, Gv, PCG and optimizer steps.
 
     All items run in one process, so the ratios are fair on a noisy machine.
@@ -44,7 +46,8 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
                              ctx.obj["device"], chosen, repeats, unroll_T, unroll_batch,
                              parse_options(model_opts),
                              progress=None if quiet else
-                             lambda what: click.echo(f"timing {what} ...", err=True))
+                             lambda what: click.echo(f"timing {what} ...", err=True),
+                             compare_torch=compare_torch)
     click.echo(bench.format_table(net, results, batch_size))
     if json_out:
         with open(json_out, "w") as f:

@@ -21,6 +21,10 @@ unroll         one MLHF meta-training unroll (T = 10, its own batch size)
 
 Items are timed round-robin (:func:`interleaved_medians`).
 
+``--compare-torch`` adds ``torch-fwdbwd`` and ``torch-gvp``: the same net
+and weights in PyTorch (autograd; ``torch.func`` jvp + vjp), timed in the
+same round-robin, see :mod:`hfmeta.bench_torch`.
+
 Peak memory of ``unroll`` is measured with :mod:`tracemalloc` on NumPy (which
 reports every array allocation to it) and with CuPy's memory pool on the GPU.
 BLAS threads: set ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` *before*
@@ -103,7 +107,7 @@ def _make_optimizer(name, model, batch_size):
 
 def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         dtype="float32", device="cpu", items=None, repeats=5, unroll_T=10,
-        unroll_batch=64, model_options=None, progress=None):
+        unroll_batch=64, model_options=None, progress=None, compare_torch=False):
     """Time ``items`` (default: all); returns ``(model, {item: {"seconds": s, ...}})``.
 
     Learned optimizers run with untrained meta-nets: their cost does not
@@ -132,10 +136,20 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
     for name in items:
         if name not in BASIC and name != "unroll":
             fns[name] = _stepper(problem, _make_optimizer(name, model, batch_size), w, batch)
+    logit_diff = None
+    if compare_torch:
+        from .bench_torch import torch_items
+        torch_fns, logit_diff = torch_items(model, w, batch)
+        fns.update(torch_fns)
     if progress:
         progress(", ".join(fns))
     medians = interleaved_medians(fns, repeats, xp)
     results = {name: {"seconds": sec} for name, sec in medians.items()}
+    if logit_diff is not None:
+        for ours, theirs in (("fwdbwd", "torch-fwdbwd"), ("gvp", "torch-gvp")):
+            if ours in results:
+                results[ours]["vs_torch"] = results[ours]["seconds"] / results[theirs]["seconds"]
+        results["torch-fwdbwd"]["max_logit_diff"] = logit_diff
     if "unroll" in items:
         results["unroll"] = time_unroll(problem, unroll_T, unroll_batch, progress)
     return model, results
@@ -188,6 +202,10 @@ def format_table(model, results, batch_size):
         ratio_fb = f"{r['seconds'] / fb:10.2f}" if fb else f"{'':10s}"
         ratio_sgd = f"{r['seconds'] / base:11.2f}" if base else f"{'':11s}"
         note = ""
+        if "vs_torch" in r:
+            note = f"hfmeta / PyTorch = {r['vs_torch']:.2f}"
+        if "max_logit_diff" in r:
+            note = f"same weights: max |logit difference| {r['max_logit_diff']:.1e}"
         if "peak_bytes" in r:
             note = f"T={r['T']}, batch {r['batch']}, peak {r['peak_bytes'] / 2 ** 30:.2f} GiB"
         lines.append(f"{item:10s} {ms:10.1f} {ratio_fb} {ratio_sgd}  {note}")

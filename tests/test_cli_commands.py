@@ -76,3 +76,47 @@ def test_meta_train_command_tiny(tmp_path):
                "--meta", str(out), "--steps", "3", "--batch-size", "16",
                "--out", str(tmp_path / "run"))
     assert r.exit_code == 0, r.output
+
+
+def test_bench_compare_torch_without_torch_is_a_clean_error(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("no torch here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    r = CliRunner().invoke(cli, ["bench", "--model", "cnn-small", "--in-shape", "1,8,8",
+                                 "--batch-size", "4", "--items", "fwdbwd", "--repeats", "1",
+                                 "--compare-torch"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1].startswith("hfmeta: error: --compare-torch needs PyTorch")
+
+
+def test_torch_mirror_gives_the_same_logits_and_gauss_newton_product():
+    """Where PyTorch happens to be installed: same weights, same logits, same Gv."""
+    torch = __import__("pytest").importorskip("torch")
+    from hfmeta.bench_torch import torch_function
+    from hfmeta.models import build
+    from hfmeta.problem import Problem
+    model = build("convnet", (3, 8, 8), 4, dtype="float64", width=1 / 16)
+    rng = np.random.default_rng(0)
+    w = model.init(0)
+    x = rng.standard_normal((3, 3, 8, 8))
+    f = torch_function(model, torch)
+    params = {k: torch.as_tensor(v) for k, v in model.layout.views(w).items()}
+    z = f(params, torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(z, model.forward(w, x, True), rtol=1e-12, atol=1e-12)
+    v = rng.standard_normal(model.num_params)
+    tv = {k: torch.as_tensor(a) for k, a in model.layout.views(v).items()}
+    logits = lambda ps: f(ps, torch.as_tensor(x))  # noqa: E731
+    zt, jv = torch.func.jvp(logits, (params,), (tv,))
+    p = torch.softmax(zt, dim=1)
+    hjv = (p * jv - p * (p * jv).sum(dim=1, keepdim=True)) / zt.shape[0]
+    gv_torch = torch.func.vjp(logits, params)[1](hjv)[0]
+    gv_torch = model.layout.flatten({k: t.numpy() for k, t in gv_torch.items()})
+    problem = Problem(model)
+    np.testing.assert_allclose(problem.gvp(model.linearize(w, x), v), gv_torch, rtol=1e-10,
+                               atol=1e-14)

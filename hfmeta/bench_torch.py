@@ -1,0 +1,105 @@
+"""The same network in PyTorch, for ``hfmeta bench --compare-torch``.
+
+PyTorch is *never* needed by hfmeta; this module imports it only when asked
+and says clearly when it is missing.  It mirrors a hfmeta model made of
+Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool and Flatten (the
+``mlp``/``cnn-*``/``convnet`` family) as a functional PyTorch network that
+reads *the same flat parameter vector* through the same layout (the
+conventions are PyTorch's: NCHW, conv weight (o, i, kh, kw), linear (o, i)),
+checks that both give the same logits, and times
+
+* forward + backward with autograd (the loss gradient w.r.t. all parameters),
+* the Gauss-Newton product ``G v = Jᵀ H_l J v`` with ``torch.func``: ``jvp``
+  of the logits along v, the cross-entropy Hessian ``(diag p − p pᵀ)/n`` at
+  the output, and ``vjp`` back -- the standard autodiff way to get it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .errors import UserError
+from .layers import AvgPool2d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU
+
+
+def _torch():
+    try:
+        import torch
+        import torch.func  # noqa: F401
+    except ImportError:
+        raise UserError("--compare-torch needs PyTorch (pip install torch); hfmeta itself "
+                        "does not") from None
+    return torch
+
+
+def torch_function(model, torch):
+    """``f(params: dict name -> tensor, x) -> logits`` mirroring ``model.net``."""
+    F = torch.nn.functional
+    layers = []
+    for path, layer in model.net.leaves():
+        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool,
+                                  Flatten)):
+            raise UserError(f"--compare-torch mirrors conv/linear/pool nets; {model.name} has "
+                            f"{type(layer).__name__} ({path})")
+        layers.append((path, layer))
+
+    def f(params, x):
+        for path, layer in layers:
+            if isinstance(layer, Conv2d):
+                x = F.conv2d(x, params[f"{path}.weight"], params.get(f"{path}.bias"),
+                             stride=layer.stride, padding=layer.padding)
+            elif isinstance(layer, Linear):
+                x = F.linear(x, params[f"{path}.weight"], params.get(f"{path}.bias"))
+            elif isinstance(layer, ReLU):
+                x = F.relu(x)
+            elif isinstance(layer, MaxPool2d):
+                x = F.max_pool2d(x, layer.kernel, layer.stride, layer.padding)
+            elif isinstance(layer, AvgPool2d):
+                x = F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding)
+            elif isinstance(layer, GlobalAvgPool):
+                x = x.mean(dim=(2, 3))
+            else:
+                x = x.reshape(x.shape[0], -1)
+        return x
+    return f
+
+
+def torch_items(model, w, batch):
+    """Closures timing PyTorch on ``model``'s net at ``w`` with ``batch``, to be
+    timed round-robin with hfmeta's own items.
+
+    Returns ``({"torch-fwdbwd": fn, "torch-gvp": fn}, max |logits − hfmeta logits|)``.
+    """
+    torch = _torch()
+    from torch.func import jvp, vjp
+    device = "cuda" if model.device == "gpu" else "cpu"
+    dtype = getattr(torch, str(model.dtype))
+
+    def to_t(a):
+        return torch.as_tensor(backend.asnumpy(a), device=device, dtype=dtype)
+
+    params = {name: to_t(view).requires_grad_(True) for name, view in model.layout.views(w).items()}
+    x = to_t(batch[0])
+    y = torch.as_tensor(backend.asnumpy(batch[1]), device=device)
+    f = torch_function(model, torch)
+    z_ours = backend.asnumpy(model.forward(w, batch[0], train=True))
+    diff = float(np.abs(f(params, x).detach().cpu().numpy() - z_ours).max())
+
+    def fwdbwd():
+        torch.nn.functional.cross_entropy(f(params, x), y).backward()
+        for p in params.values():
+            p.grad = None
+
+    plain = {k: p.detach() for k, p in params.items()}
+    v = {k: torch.randn_like(p) for k, p in plain.items()}
+
+    def logits(ps):
+        return f(ps, x)
+
+    def gvp():
+        z, jv = jvp(logits, (plain,), (v,))
+        p = torch.softmax(z, dim=1)
+        hjv = (p * jv - p * (p * jv).sum(dim=1, keepdim=True)) / z.shape[0]
+        return vjp(logits, plain)[1](hjv)
+
+    return {"torch-fwdbwd": fwdbwd, "torch-gvp": gvp}, diff
