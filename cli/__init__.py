@@ -55,6 +55,8 @@ COMMANDS = ("train", "meta_train", "compare", "plot", "gradcheck", "bench", "dat
 def cli(ctx, device, dtype, seed, verbose, quiet):
     """hfmeta: learned second-order optimizers (MLHF, SLSTM) with hand-written derivatives."""
     ctx.ensure_object(dict)
+    from hfmeta.backend import keep_freed_memory
+    keep_freed_memory()           # large NumPy buffers are recycled, not re-faulted
     ctx.obj.update(device=device, dtype=dtype, seed=seed,
                    verbosity=-1 if quiet else verbose)
 
