@@ -1,4 +1,4 @@
-"""MaxPool2d, AvgPool2d, GlobalAvgPool: finite-difference checks (float64) and naive references."""
+"""hfmeta.layers.pooling — MaxPool2d, AvgPool2d, GlobalAvgPool: finite-difference checks (float64) and naive references."""
 import numpy as np
 import pytest
 
