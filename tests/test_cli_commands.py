@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hfmeta.cli import cli
@@ -95,9 +96,10 @@ def test_bench_compare_torch_without_torch_is_a_clean_error(monkeypatch):
     assert r.output.strip().splitlines()[-1].startswith("hfmeta: error: --compare-torch needs PyTorch")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit, not ours
 def test_torch_mirror_gives_the_same_logits_and_gauss_newton_product():
     """Where PyTorch happens to be installed: same weights, same logits, same Gv."""
-    torch = __import__("pytest").importorskip("torch")
+    torch = pytest.importorskip("torch")
     from hfmeta.bench_torch import torch_function
     from hfmeta.models import build
     from hfmeta.problem import Problem
