@@ -141,7 +141,7 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         from .bench_torch import torch_items
         torch_fns, logit_diff = torch_items(model, w, batch)
         fns.update(torch_fns)
-    if progress:
+    if progress and fns:
         progress(", ".join(fns))
     medians = interleaved_medians(fns, repeats, xp)
     results = {name: {"seconds": sec} for name, sec in medians.items()}

@@ -105,6 +105,12 @@ class Linearization:
         self.p = model.layout.views(w)
         self.output, self.cache = model.net.forward(self.p, x, train, state)
 
+    def _flat(self, like):
+        """An uninitialised flat vector like ``w``, on ``like``'s device (every
+        pass that fills one overwrites all of it)."""
+        xp = backend.get_array_module(like)
+        return xp.empty(self.model.layout.size, dtype=self.w.dtype)
+
     def rop(self, v):
         """``J v``: the output direction for a flat parameter direction ``v``."""
         dz = self.model.net.rop(self.p, self.cache, self.model.layout.views(v), None)
@@ -114,9 +120,7 @@ class Linearization:
 
     def backward(self, dz, out=None):
         """``Jᵀ dz`` as a flat vector (written into ``out`` if given)."""
-        xp = backend.get_array_module(dz)
-        if out is None:
-            out = xp.empty(self.model.layout.size, dtype=self.w.dtype)
+        out = self._flat(dz) if out is None else out
         self.model.net.backward(self.p, self.cache, dz, self.model.layout.views(out), False)
         return out
 
@@ -137,12 +141,9 @@ class Linearization:
         ``backward_rop`` from the last layer to the first.
         """
         net, layout = self.model.net, self.model.layout
-        xp = backend.get_array_module(dz)
         dxs = (recorded or self.rop_record(v))[0]
-        scratch = xp.empty(layout.size, dtype=self.w.dtype)
-        _, dys = net.backward_cotangents(self.p, self.cache, dz, layout.views(scratch), False)
-        if out is None:
-            out = xp.empty(layout.size, dtype=self.w.dtype)
+        _, dys = net.backward_cotangents(self.p, self.cache, dz, layout.views(self._flat(dz)), False)
+        out = self._flat(dz) if out is None else out
         net.backward_rop_recorded(self.p, self.cache, dys, layout.views(v), dxs, ddz,
                                   layout.views(out), False)
         return out
@@ -159,9 +160,7 @@ class Linearization:
 
     def backward_diag(self, d2z, out=None):
         """Becker-LeCun diagonal second derivatives from ``d2z ≈ ∂²E/∂z²`` (flat, like ``w``)."""
-        xp = backend.get_array_module(d2z)
-        if out is None:
-            out = xp.empty(self.model.layout.size, dtype=self.w.dtype)
+        out = self._flat(d2z) if out is None else out
         self.model.net.backward_diag(self.p, self.cache, d2z, self.model.layout.views(out), False)
         return out
 

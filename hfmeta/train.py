@@ -82,10 +82,7 @@ def make_optimizer(name, hparams, meta=None, model=None):
         if meta:
             raise UserError(f"--meta is for learned optimizers; {name!r} is hand-crafted")
         return get_optimizer(name, **hparams)
-    try:
-        from .meta.registry import LEARNED, get_learned
-    except ImportError:
-        LEARNED, get_learned = {}, None
+    from .meta.registry import LEARNED, get_learned
     if name in LEARNED:
         return get_learned(name, meta=meta, model=model, **hparams)
     raise UserError(f"unknown optimizer {name!r}; choose one of "

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backend
+from ..errors import UserError
 from .common import MetaAdam, ReplayBuffer
 from .mlhf import SOFTPLUS, MLHFNets, mlhf_direction
 from ..pcg import pcg_backward
@@ -282,7 +283,6 @@ class MetaTrainer:
     def resume_from(self, path):
         nets, theta, config, extra = MLHFNets.load(path, self.xp, self.dtype)
         if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
-            from ..errors import UserError
             raise UserError(f"{path}: meta-nets configured differently from this meta-training")
         self.theta = theta
         if "adam" in extra:
