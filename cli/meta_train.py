@@ -33,9 +33,12 @@ def _mean(history, key, part):
 @click.option("--out", required=True, help="Meta-parameter file (.h5) to write.")
 @click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
 @click.option("--save-every", default=10, show_default=True, help="Meta-iterations between saves.")
+@click.option("--eval-every", default=0, show_default=True,
+              help="Meta-iterations between evaluations on the fixed held-out unrolls "
+                   "(a 'validation' line in the log; 0: only before and after).")
 @click.pass_context
 def command(ctx, method, model, model_opts, data, split, batch_size, iterations, opts, out,
-            resume, save_every):
+            resume, save_every, eval_every):
     """Meta-train a learned optimizer; writes meta-parameters (HDF5) and a log (.jsonl).
 
     Example (the shipped MLHF):
@@ -73,6 +76,10 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
                                   for k, v in stats.items()}) + "\n")
             log.flush()
             bar.update(1)
+            if evaluate and eval_every and stats["iteration"] % eval_every == 0:
+                log.write(json.dumps({"iteration": stats["iteration"],
+                                      "validation": evaluate()}) + "\n")
+                log.flush()
             if stats["iteration"] % save_every == 0:
                 trainer.save(out, command=command_line, model_name=model)
         trainer.run(iterations, on_iteration)

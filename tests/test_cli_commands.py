@@ -66,11 +66,14 @@ def test_meta_train_command_tiny(tmp_path):
     out = tmp_path / "m.h5"
     r = invoke("-q", "meta-train", "--method", "mlhf", "--model", "cnn-small", "--model-opt",
                "channels=2", "--batch-size", "8", "--iterations", "2", "--opt", "T=2",
-               "--out", str(out))
+               "--eval-every", "2", "--out", str(out))
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert out.exists() and [x.get("iteration") for x in lines[:2]] == [1, 2]
-    assert set(lines[2]["evaluation"]) == {"before", "after"}
+    assert out.exists() and [x.get("iteration") for x in lines[:3]] == [1, 2, 2]
+    assert lines[2]["validation"].keys() == {"l_p", "l_s", "residual", "loss_end"}
+    assert set(lines[3]["evaluation"]) == {"before", "after"}
+    # the validation at the last iteration and the final evaluation see the same theta
+    assert lines[2]["validation"] == lines[3]["evaluation"]["after"]
     assert "l_p" in r.output and "l_s" in r.output and "before -> after" in r.output
     # the meta-trained file drives training
     r = invoke("-q", "train", "--model", "cnn-small", "--model-opt", "channels=2", "-o", "mlhf",

@@ -241,7 +241,8 @@ class MetaTrainer:
                 "wall": time.perf_counter() - t0, **res.stats}
 
     def evaluate(self, theta=None, starts=3, seed=12345):
-        """l_p, l_s and mean ‖r_n‖ of unrolls from fixed conditions (no update).
+        """l_p, l_s, mean ‖r_n‖ and the final training loss of unrolls from fixed
+        conditions (no update).
 
         ``starts`` fresh target nets (seeds ``seed + k``), each unrolled for T
         steps from zero RNN states on fixed batches of the meta split, without
@@ -251,7 +252,7 @@ class MetaTrainer:
         """
         theta = self.theta if theta is None else theta
         model = self.problem.model
-        out = {"l_p": [], "l_s": [], "residual": []}
+        out = {"l_p": [], "l_s": [], "residual": [], "loss_end": []}
         for k in range(starts):
             w = model.init(seed + k)
             states = self.nets.zero_states(self.rows, self.xp, self.dtype)
