@@ -23,10 +23,13 @@ from .train import parse_options
 @click.option("--unroll-batch", default=64, show_default=True)
 @click.option("--compare-torch", is_flag=True,
               help="Also time the same net and weights in PyTorch (installed separately).")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="wall: elapsed time; cpu: this process's CPU time (robust to other "
+                   "processes on a shared machine; use with one BLAS thread, CPU only).")
 @click.option("--json", "json_out", default=None, help="Also write the results to this file.")
 @click.pass_context
 def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeats, unroll_T,
-            unroll_batch, compare_torch, json_out):
+            unroll_batch, compare_torch, clock, json_out):
     """Median times (and ratios) of forward+backward, Gv, PCG and optimizer steps.
 
     All items run in one process, so the ratios are fair on a noisy machine.
@@ -47,10 +50,11 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
                              parse_options(model_opts),
                              progress=None if quiet else
                              lambda what: click.echo(f"timing {what} ...", err=True),
-                             compare_torch=compare_torch)
+                             compare_torch=compare_torch, clock=clock)
+    click.echo(f"clock: {clock}")
     click.echo(bench.format_table(net, results, batch_size))
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"model": model, "params": net.num_params, "batch": batch_size,
                        "device": ctx.obj["device"], "dtype": ctx.obj["dtype"],
-                       "results": results}, f, indent=2)
+                       "clock": clock, "results": results}, f, indent=2)

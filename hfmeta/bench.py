@@ -57,13 +57,21 @@ def _sync(xp):
         xp.cuda.Stream.null.synchronize()
 
 
-def interleaved_medians(fns, repeats, xp=np, warmup=1):
-    """Median wall time (s) of each ``fns[name]()``, timed round-robin.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_medians(fns, repeats, xp=np, warmup=1, clock="wall"):
+    """Median time (s) of each ``fns[name]()``, timed round-robin.
 
     One call of every function per round, ``repeats`` rounds, so a load that
     comes and goes on a shared machine hits every item alike and the *ratios*
-    stay fair.  The device is synchronised around every call.
+    stay fair.  The device is synchronised around every call.  ``clock``:
+    ``"wall"`` (:func:`time.perf_counter`) or ``"cpu"`` (:func:`time.process_time`,
+    the CPU time of this process summed over its threads: much less sensitive
+    to other processes on a shared machine, and equal to wall time for a
+    single-threaded CPU run that does not wait; meaningless on the GPU).
     """
+    now = CLOCKS[clock]
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -71,10 +79,10 @@ def interleaved_medians(fns, repeats, xp=np, warmup=1):
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(xp)
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             _sync(xp)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -107,11 +115,12 @@ def _make_optimizer(name, model, batch_size):
 
 def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         dtype="float32", device="cpu", items=None, repeats=5, unroll_T=10,
-        unroll_batch=64, model_options=None, progress=None, compare_torch=False):
+        unroll_batch=64, model_options=None, progress=None, compare_torch=False,
+        clock="wall"):
     """Time ``items`` (default: all); returns ``(model, {item: {"seconds": s, ...}})``.
 
     Learned optimizers run with untrained meta-nets: their cost does not
-    depend on the meta-parameters.
+    depend on the meta-parameters.  ``clock``: see :func:`interleaved_medians`.
     """
     items = tuple(items or all_items())
     model = build(model_name, in_shape, classes, dtype=dtype, device=device,
@@ -143,7 +152,7 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         fns.update(torch_fns)
     if progress and fns:
         progress(", ".join(fns))
-    medians = interleaved_medians(fns, repeats, xp)
+    medians = interleaved_medians(fns, repeats, xp, clock=clock)
     results = {name: {"seconds": sec} for name, sec in medians.items()}
     if logit_diff is not None:
         for ours, theirs in (("fwdbwd", "torch-fwdbwd"), ("gvp", "torch-gvp")):

@@ -17,8 +17,12 @@ VARIANTS = [  # (kernel, stride, padding, bias)
 ]
 
 
-def make(kernel, stride, padding, bias, out=4):
-    return Conv2d(out, kernel, stride=stride, padding=padding, bias=bias)
+#: the stride-1 variants, which the FFT algorithm also runs
+FFT_VARIANTS = [v for v in VARIANTS if v[1] == 1]
+
+
+def make(kernel, stride, padding, bias, out=4, algorithm="im2col"):
+    return Conv2d(out, kernel, stride=stride, padding=padding, bias=bias, algorithm=algorithm)
 
 
 def point(layer, in_shape=IN_SHAPE, batch=2, seed=0):
@@ -28,7 +32,15 @@ def point(layer, in_shape=IN_SHAPE, batch=2, seed=0):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 def test_conv_derivatives(variant):
-    layer = make(*variant)
+    check_derivatives(make(*variant))
+
+
+@pytest.mark.parametrize("variant", FFT_VARIANTS, ids=str)
+def test_fft_conv_derivatives(variant):
+    check_derivatives(make(*variant, algorithm="fft"))
+
+
+def check_derivatives(layer):
     results = gradcheck.check_map(repr(layer), *gradcheck.layer_map(layer, IN_SHAPE, batch=2))
     results.append(gradcheck.check_backward_rop(repr(layer), layer, IN_SHAPE, batch=2))
     gradcheck.assert_all_ok(results)
@@ -52,9 +64,10 @@ def naive_conv(x, w, b, stride, padding):
     return y, xpad
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=str)
-def test_conv_forward_matches_naive_loop(variant):
-    layer = make(*variant)
+@pytest.mark.parametrize("variant,algorithm", [(v, "im2col") for v in VARIANTS]
+                         + [(v, "fft") for v in FFT_VARIANTS], ids=str)
+def test_conv_forward_matches_naive_loop(variant, algorithm):
+    layer = make(*variant, algorithm=algorithm)
     x, p = point(layer)
     y, _ = layer.forward(p, x, True)
     ref, _ = naive_conv(x, p["weight"], p.get("bias"), layer.stride, layer.padding)
@@ -70,6 +83,44 @@ def test_same_padding_keeps_size_and_rejects_bad_configs():
         Conv2d(4, 3, stride=2, padding="same")
     with pytest.raises(ValueError):
         Conv2d(4, 5).build((3, 4, 4))
+    with pytest.raises(ValueError):
+        Conv2d(4, 3, stride=2, algorithm="fft")
+    with pytest.raises(ValueError):
+        Conv2d(4, 3, algorithm="winograd")
+
+
+def test_auto_algorithm_uses_the_fft_for_large_stride_1_kernels():
+    def chosen(layer, in_shape):
+        layer.build(in_shape)
+        return "fft" if layer.plan is not None else "im2col"
+    assert chosen(Conv2d(64, 5, padding="same"), (64, 16, 16)) == "fft"
+    assert chosen(Conv2d(64, 5, padding="same"), (3, 32, 32)) == "im2col"    # few channels
+    assert chosen(Conv2d(64, 3, padding=1), (64, 16, 16)) == "im2col"        # small kernel
+    assert chosen(Conv2d(64, 5, stride=2, padding=2), (64, 16, 16)) == "im2col"
+
+
+@pytest.mark.parametrize("variant", FFT_VARIANTS, ids=str)
+def test_fft_and_im2col_agree_on_every_pass(variant):
+    """Both algorithms compute the same linear algebra (float64: to rounding)."""
+    ref, fft = make(*variant), make(*variant, algorithm="fft")
+    x, p = point(ref)
+    fft.build(IN_SHAPE)
+    rng = np.random.default_rng(11)
+    dx = rng.standard_normal(x.shape)
+    dp = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    (ya, ca), (yb, cb) = ref.forward(p, x, True), fft.forward(p, x, True)
+    dy, ddy = rng.standard_normal(ya.shape), rng.standard_normal(ya.shape)
+    pairs = [(ya, yb)]
+    for d_p, d_x in ((dp, dx), (dp, None), (None, dx)):
+        pairs.append((ref.rop(p, ca, d_p, d_x), fft.rop(p, cb, d_p, d_x)))
+    for method, args in (("backward", (dy,)), ("backward_rop", (dy, dp, dx, ddy)),
+                         ("backward_rop", (dy, None, None, ddy)), ("backward_diag", (ddy ** 2,))):
+        ga = {k: np.empty_like(v) for k, v in p.items()}
+        gb = {k: np.empty_like(v) for k, v in p.items()}
+        pairs.append((getattr(ref, method)(p, ca, *args, ga), getattr(fft, method)(p, cb, *args, gb)))
+        pairs += [(ga[k], gb[k]) for k in ga]
+    for a, b in pairs:
+        np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-12)
 
 
 def test_im2col_and_col2im_are_adjoint():
@@ -83,7 +134,8 @@ def test_im2col_and_col2im_are_adjoint():
         assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
-@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, True), (1, 1, 0, False)], ids=str)
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, True), (1, 1, 0, False),
+                                     (5, 1, 2, True, 4, "fft")], ids=str)
 def test_sq_grad_matches_per_example_backward(variant):
     layer = make(*variant)
     x, p = point(layer, batch=3)
@@ -102,7 +154,8 @@ def test_sq_grad_matches_per_example_backward(variant):
         np.testing.assert_allclose(sq[name], ref[name], rtol=1e-12)
 
 
-@pytest.mark.parametrize("variant", [(3, 1, 1, True), (3, 2, 0, True), (5, 2, 2, False)], ids=str)
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (3, 2, 0, True), (5, 2, 2, False),
+                                     (5, 1, "same", False, 4, "fft")], ids=str)
 def test_backward_diag_matches_naive_formula(variant):
     """Becker–LeCun: d2W = Σ d2y xpad², d2b = Σ d2y, d2x = Σ W² d2y over the windows covering x."""
     layer = make(*variant)
@@ -167,7 +220,9 @@ def test_backward_overwrites_the_gradient_views():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, False), (1, 1, 0, True)], ids=str)
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, False), (1, 1, 0, True),
+                                     (5, 1, "same", True, 4, "fft"), (3, 1, 0, False, 4, "fft")],
+                         ids=str)
 def test_cupy_matches_numpy(variant):
     cp = backend.xp_for("gpu")
     layer = make(*variant)

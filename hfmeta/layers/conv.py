@@ -20,21 +20,39 @@ adjoint of im2col; ``⋆`` = correlation of an output cotangent with an input):
 * per-example squared gradients (exact diagonal GGN, Dangel et al. 2020):
               g_n = Σ_l dY[:, n, l] X[:, n, l]ᵀ  (sum over positions first), Σ_n g_n²
 * Becker & LeCun (1988):  d2W = d2Y (X²)ᵀ,  d2b = d2Y 1,  d2x = colᵀ((W²)ᵀ d2Y)
+
+**Two algorithms, the same derivatives.**  ``algorithm="im2col"`` is the
+matrix picture above.  ``algorithm="fft"`` (stride 1 only) computes the same
+products one frequency at a time (:mod:`hfmeta.layers.spectral`): with ``^``
+the real 2-d DFT on a grid large enough that nothing wraps, ``ŷ_f = X̂_f
+conj(Ŵ_f)ᵀ``, so the R-op is ``dŶ = dX̂ conj(Ŵ)ᵀ + X̂ conj(dŴ)ᵀ``, the
+backward ``x̄^ = ȳ̂ Ŵ``, ``W̄ ↔ Σ_n conj(ȳ̂)ᵀ X̂``, and R{backward} their
+bilinear sums as above.  The forward cache then holds the spectra X̂ and Ŵ
+(far smaller than the columns); ``sq_grad`` and ``backward_diag`` unfold x
+on demand.  ``"auto"`` (default) picks the FFT for stride 1, kernels of at
+least 5×5 and at least 16 input channels (``convnet``'s second layer: 5×5,
+64 channels, where it needs about 6 times fewer multiplications); else
+im2col.
 """
 from __future__ import annotations
 
 from .base import Layer, fan_in_uniform
 from .im2col import col2im, im2col, output_size, pair
+from .spectral import SpectralPlan, conj_t
+
+ALGORITHMS = ("auto", "im2col", "fft")
 
 
 class Conv2d(Layer):
-    """``Conv2d(o, kernel_size, stride=1, padding=0, bias=True)``.
+    """``Conv2d(o, kernel_size, stride=1, padding=0, bias=True, algorithm="auto")``.
 
     ``kernel_size``, ``stride``, ``padding`` are ints or (h, w) pairs;
-    ``padding="same"`` keeps h and w (odd kernels at stride 1 only).
+    ``padding="same"`` keeps h and w (odd kernels at stride 1 only);
+    ``algorithm``: "auto", "im2col" or "fft" (stride 1 only), see above.
     """
 
-    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
+                 algorithm: str = "auto"):
         self.out_channels = int(out_channels)
         self.kernel = pair(kernel_size)
         self.stride = pair(stride)
@@ -45,8 +63,22 @@ class Conv2d(Layer):
             padding = (self.kernel[0] // 2, self.kernel[1] // 2)
         self.padding = pair(padding)
         self.bias = bool(bias)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if algorithm == "fft" and self.stride != (1, 1):
+            raise ValueError(f'algorithm="fft" needs stride 1, got {self.stride}')
+        self.algorithm = algorithm
+        self.plan = None                        # SpectralPlan when the FFT is used
 
     # -- shapes and parameters ------------------------------------------------
+    def build(self, in_shape):
+        out = super().build(in_shape)
+        use_fft = self.algorithm == "fft" or (
+            self.algorithm == "auto" and self.stride == (1, 1)
+            and self.kernel[0] * self.kernel[1] >= 25 and self.in_shape[0] >= 16)
+        self.plan = SpectralPlan(self.in_shape[1:], self.kernel, self.padding) if use_fft else None
+        return out
+
     def output_shape(self, in_shape):
         if len(in_shape) != 3:
             raise ValueError(f"Conv2d needs inputs (c, h, w), got {in_shape}")
@@ -100,15 +132,78 @@ class Conv2d(Layer):
     def _weight_grad(self, dY, cols, out):
         out[...] = (dY @ cols.T).reshape(out.shape)
 
+    # -- the Fourier picture (cache: spectra X̂ (B, n, c), Ŵ (B, o, c), and x) --
+    def _fft_image(self, spec, bias):
+        """(B, n, o) output spectrum (+ bias (o,) or None) -> y (n, o, ho, wo), contiguous."""
+        y = self.plan.image(spec, self.plan.out_hw)
+        if bias is None:
+            return y.copy()
+        return y + bias[:, None, None]
+
+    def _fft_forward(self, p, x):
+        X, Wk = self.plan.signal(x), self.plan.kernel_spectrum(p["weight"])
+        y = self._fft_image(X @ conj_t(Wk), p["bias"] if self.bias else None)
+        return y, (X, Wk, x)
+
+    def _fft_rop(self, p, cache, dp, dx):
+        X, Wk, _ = cache
+        Y = None
+        if dx is not None:
+            Y = self.plan.signal(dx) @ conj_t(Wk)
+        if dp is not None:
+            t = X @ conj_t(self.plan.kernel_spectrum(dp["weight"]))
+            if Y is None:
+                Y = t
+            else:
+                Y += t
+        return self._fft_image(Y, dp["bias"] if dp is not None and self.bias else None)
+
+    def _fft_backward(self, p, cache, dy, dp_out, need_dx):
+        X, Wk, x = cache
+        DY = self.plan.signal(dy)                                         # (B, n, o)
+        dp_out["weight"][...] = self.plan.kernel_from(conj_t(DY) @ X)
+        if self.bias:
+            dp_out["bias"][...] = dy.sum(axis=(0, 2, 3))
+        if not need_dx:
+            return None
+        return self.plan.image(DY @ Wk, x.shape[2:])
+
+    def _fft_backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx):
+        X, Wk, x = cache
+        DY, DDY = self.plan.signal(dy), self.plan.signal(ddy)
+        G = conj_t(DDY) @ X
+        if dx is not None:
+            G += conj_t(DY) @ self.plan.signal(dx)
+        ddp_out["weight"][...] = self.plan.kernel_from(G)
+        if self.bias:
+            ddp_out["bias"][...] = ddy.sum(axis=(0, 2, 3))
+        if not need_dx:
+            return None
+        DX = DDY @ Wk
+        if dp is not None:
+            DX += DY @ self.plan.kernel_spectrum(dp["weight"])
+        return self.plan.image(DX, x.shape[2:])
+
+    def _unfolded(self, cache):
+        """``(cols, x_shape)`` of either algorithm's cache (the FFT unfolds x on demand)."""
+        if self.plan is None:
+            return cache
+        x = cache[2]
+        return self._cols(x), x.shape
+
     # -- derivatives ----------------------------------------------------------
     def forward(self, p, x, train, state=None):
+        if self.plan is not None:
+            return self._fft_forward(p, x)
         cols = self._cols(x)
         return self._image(self._apply(p, cols), x.shape), (cols, x.shape)
 
     def rop(self, p, cache, dp, dx):
-        cols, x_shape = cache
         if dp is None and dx is None:
             return None
+        if self.plan is not None:
+            return self._fft_rop(p, cache, dp, dx)
+        cols, x_shape = cache
         if dx is None:
             dY = self._apply(dp, cols)
         else:
@@ -118,6 +213,8 @@ class Conv2d(Layer):
         return self._image(dY, x_shape)
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):
+        if self.plan is not None:
+            return self._fft_backward(p, cache, dy, dp_out, need_dx)
         cols, x_shape = cache
         dY = self._matrix(dy)
         self._weight_grad(dY, cols, dp_out["weight"])
@@ -128,6 +225,8 @@ class Conv2d(Layer):
         return self._col2im(self._w(p).T @ dY, x_shape)
 
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
+        if self.plan is not None:
+            return self._fft_backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
         cols, x_shape = cache
         dY, ddY = self._matrix(dy), self._matrix(ddy)
         ddW = ddY @ cols.T
@@ -144,7 +243,7 @@ class Conv2d(Layer):
         return self._col2im(dcols, x_shape)
 
     def sq_grad(self, p, cache, dy, sq_out):
-        cols, x_shape = cache
+        cols, x_shape = self._unfolded(cache)
         n = x_shape[0]
         dy3 = dy.reshape(n, self.out_channels, -1)                       # (n, o, L)
         cols3 = cols.reshape(cols.shape[0], n, -1).transpose(1, 2, 0)    # (n, L, K) view
@@ -155,7 +254,7 @@ class Conv2d(Layer):
             sq_out["bias"] += (gb * gb).sum(axis=0)
 
     def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
-        cols, x_shape = cache
+        cols, x_shape = self._unfolded(cache)
         d2Y = self._matrix(d2y)
         self._weight_grad(d2Y, cols * cols, d2p_out["weight"])
         if self.bias:
@@ -167,4 +266,5 @@ class Conv2d(Layer):
 
     def __repr__(self):
         return (f"Conv2d({self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias})")
+                f"padding={self.padding}, bias={self.bias}, "
+                f"algorithm={self.algorithm!r})")
