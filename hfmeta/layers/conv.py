@@ -136,9 +136,9 @@ class Conv2d(Layer):
     def _fft_image(self, spec, bias):
         """(B, n, o) output spectrum (+ bias (o,) or None) -> y (n, o, ho, wo), contiguous."""
         y = self.plan.image(spec, self.plan.out_hw)
-        if bias is None:
-            return y.copy()
-        return y + bias[:, None, None]
+        if bias is not None:
+            y += bias[:, None, None]
+        return y
 
     def _fft_forward(self, p, x):
         X, Wk = self.plan.signal(x), self.plan.kernel_spectrum(p["weight"])

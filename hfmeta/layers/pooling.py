@@ -64,7 +64,12 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max over each window; the cache is the winning offset k* (uint8) and x's shape."""
+    """Max over each window; the cache is the winning offset k* (uint8) and x's shape.
+
+    When the windows tile the input exactly (stride = kernel, no padding,
+    h = ho·kh, w = wo·kw: the usual 2/2 pool) the backward writes every
+    input position once, with no zero fill and no accumulation.
+    """
 
     def forward(self, p, x, train, state=None):
         xp = get_array_module(x)
@@ -77,8 +82,14 @@ class MaxPool2d(_Pool2d):
             tap = xpad[index]
             better = tap > y                 # strict: the first maximal tap wins ties
             xp.maximum(y, tap, out=y)
-            argmax = xp.where(better, argmax.dtype.type(k), argmax)
+            xp.copyto(argmax, k, where=better)
         return y, (argmax, x.shape)
+
+    def _tiles(self, x_shape):
+        """True when the windows partition the input (every position in exactly one window)."""
+        ho, wo = self._out_hw(x_shape)
+        return (self.stride == self.kernel and self.padding == (0, 0)
+                and x_shape[2] == ho * self.kernel[0] and x_shape[3] == wo * self.kernel[1])
 
     def rop(self, p, cache, dp, dx):
         if dx is None:
@@ -86,16 +97,25 @@ class MaxPool2d(_Pool2d):
         xp = get_array_module(dx)
         argmax, x_shape = cache
         dxpad = pad(dx, self.padding)
-        taps = self._windows(x_shape)
-        dy = dxpad[next(taps)[3]].copy()     # offset 0 wherever no later offset won
-        for k, _, _, index in taps:
-            dy = xp.where(argmax == k, dxpad[index], dy)
+        dy = None
+        for k, _, _, index in self._windows(x_shape):    # dy = Σ_k [k* = k] dx_k
+            term = dxpad[index] * (argmax == k)
+            if dy is None:
+                dy = term
+            else:
+                dy += term
         return dy
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):
         if not need_dx:
             return None
+        xp = get_array_module(dy)
         argmax, x_shape = cache
+        if self._tiles(x_shape):
+            dx = xp.empty(x_shape, dtype=dy.dtype)
+            for k, _, _, index in self._windows(x_shape):
+                xp.multiply(dy, argmax == k, out=dx[index])
+            return dx
         dxpad = self._padded_zeros(dy, x_shape)
         for k, _, _, index in self._windows(x_shape):
             dxpad[index] += dy * (argmax == k)

@@ -31,17 +31,19 @@ adjoints' partners, and the identity above holds for every W)::
     W̄' = irfft2(Σ_n conj(ȳ̂_f)ᵀ X̂_f),   W̄[a, b] = W̄'[(a − ph) mod Sh, (b − pw) mod Sw]
 
 **Scaling.**  Signals (x, ȳ) are transformed with ``norm="ortho"`` and
-images are recovered with ``norm="ortho"`` while the kernel is transformed
+images are recovered with ``norm="ortho"`` while the kernel spectrum is
 unnormalised (``X̂ = √N X_o`` with N = Sh·Sw, so ``irfft2(conj(Ŵ) X̂) =
-irfft2_ortho(conj(Ŵ) X_o)``); the kernel gradient, a sum of two ortho
-spectra, is recovered with the unnormalised inverse (``norm="forward"``).
-(NumPy's pocketfft runs the ortho transforms of float32 data about three
-times faster than the unnormalised ones.)
+irfft2_ortho(conj(Ŵ) X_o)``); the kernel gradient, a sum of products of two
+ortho spectra, is recovered with the unnormalised inverse.  Every transform
+runs with ``norm="ortho"`` and the kernel's are scaled by √N afterwards:
+NumPy's pocketfft runs ortho transforms of float32 data about three times
+faster than unnormalised ones.
 
-**Layout.**  Spectra of signals are kept as (B, n, c) arrays -- frequency
-first -- so every product is one batched complex GEMM; one transpose copy
-(of an array the size of the spectrum, far smaller than im2col columns)
-converts to and from the (n, c, Sh, F) layout of the FFT.
+**Layout.**  Spectra are kept as (B, n, c) arrays -- frequency first -- so
+every product is one batched complex GEMM.  The transforms run over the
+first two axes of (Sh, Sw, n, c) grids, which yields that layout without a
+transpose of the spectrum: signals are transposed while being embedded in
+the grid, and images come back as NCHW views of the (Sh, Sw, n, o) grid.
 """
 from __future__ import annotations
 
@@ -63,42 +65,57 @@ class SpectralPlan:
                      max(w + pw, self.out_hw[1] + kw - 1 - pw))
         self.cols = self.grid[1] // 2 + 1
         self.bins = self.grid[0] * self.cols
+        self.root_n = float(self.grid[0] * self.grid[1]) ** 0.5
 
     # -- signals: (m, k, ·, ·) real <-> (B, m, k) spectrum ---------------------
     def signal(self, a):
-        """Ortho spectrum of ``a`` (m, k, sh, sw) embedded at the front of the grid, as (B, m, k)."""
+        """Ortho spectrum of ``a`` (m, k, sh, sw) embedded at the front of the grid, as (B, m, k).
+
+        The grid is laid out (Sh, Sw, m, k), so the 2-d transform over the
+        first two axes yields the frequency-first layout directly.
+        """
         xp = get_array_module(a)
-        m, k = a.shape[:2]
-        spec = xp.fft.rfft2(a, s=self.grid, norm="ortho")               # (m, k, Sh, F)
-        return xp.ascontiguousarray(spec.reshape(m, k, self.bins).transpose(2, 0, 1))
+        m, k, sh, sw = a.shape
+        grid = xp.zeros(self.grid + (m, k), dtype=a.dtype)
+        grid[:sh, :sw] = a.transpose(2, 3, 0, 1)
+        spec = xp.fft.rfftn(grid, axes=(0, 1), norm="ortho")           # (Sh, F, m, k)
+        return spec.reshape(self.bins, m, k)
 
     def image(self, spec, out_hw):
-        """Inverse of :meth:`signal`: (B, m, k) ortho spectrum -> (m, k, *out_hw) real
-        (the front of the grid; a view)."""
+        """Inverse of :meth:`signal`: (B, m, k) ortho spectrum -> (m, k, *out_hw) real,
+        the front of the grid, as a C-contiguous NCHW array (the pooling and
+        elementwise layers that follow stream through it far faster than
+        through an NCHW view of the (Sh, Sw, m, k) grid)."""
         xp = get_array_module(spec)
         _, m, k = spec.shape
-        full = xp.ascontiguousarray(spec.transpose(1, 2, 0)).reshape(m, k, self.grid[0], self.cols)
-        return xp.fft.irfft2(full, s=self.grid, norm="ortho")[..., :out_hw[0], :out_hw[1]]
+        full = xp.fft.irfftn(spec.reshape(self.grid[0], self.cols, m, k), s=self.grid,
+                             axes=(0, 1), norm="ortho")
+        # (h, w, m, k) -> (m, h, w, k) -> (m, k, h, w): two transposes that keep a
+        # contiguous inner axis each are cheaper than one that does not
+        mhwk = xp.ascontiguousarray(full[:out_hw[0], :out_hw[1]].transpose(2, 0, 1, 3))
+        return xp.ascontiguousarray(mhwk.transpose(0, 3, 1, 2))
 
     # -- kernels: (o, c, kh, kw) real <-> (B, o, c) spectrum -------------------
     def kernel_spectrum(self, W):
         """Unnormalised spectrum of the shifted kernel W', as (B, o, c)."""
         xp = get_array_module(W)
         o, c, kh, kw = W.shape
-        shifted = xp.zeros((o, c) + self.grid, dtype=W.dtype)
-        shifted[..., :kh, :kw] = W
-        shifted = xp.roll(shifted, (-self.padding[0], -self.padding[1]), axis=(2, 3))
-        spec = xp.fft.rfft2(shifted)
-        return xp.ascontiguousarray(spec.reshape(o, c, self.bins).transpose(2, 0, 1))
+        shifted = xp.zeros(self.grid + (o, c), dtype=W.dtype)
+        shifted[:kh, :kw] = W.transpose(2, 3, 0, 1)
+        shifted = xp.roll(shifted, (-self.padding[0], -self.padding[1]), axis=(0, 1))
+        spec = xp.fft.rfftn(shifted, axes=(0, 1), norm="ortho")        # × √N: unnormalised
+        spec *= self.root_n
+        return spec.reshape(self.bins, o, c)
 
     def kernel_from(self, spec):
         """W̄ (o, c, kh, kw) from ``Σ conj(ȳ̂)ᵀ X̂`` of ortho spectra, (B, o, c)."""
         xp = get_array_module(spec)
         _, o, c = spec.shape
-        full = xp.ascontiguousarray(spec.transpose(1, 2, 0)).reshape(o, c, self.grid[0], self.cols)
-        shifted = xp.fft.irfft2(full, s=self.grid, norm="forward")
-        shifted = xp.roll(shifted, self.padding, axis=(2, 3))
-        return shifted[..., :self.kernel[0], :self.kernel[1]]
+        shifted = xp.fft.irfftn(spec.reshape(self.grid[0], self.cols, o, c), s=self.grid,
+                                axes=(0, 1), norm="ortho")             # × √N: unnormalised
+        shifted = xp.roll(shifted, self.padding, axis=(0, 1))
+        out = shifted[:self.kernel[0], :self.kernel[1]].transpose(2, 3, 0, 1)
+        return out * self.root_n
 
 
 def conj_t(a):

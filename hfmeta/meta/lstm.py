@@ -142,31 +142,63 @@ class CoordinateLSTM:
         ``x`` (n, i0), ``state`` from :meth:`zero_state` or a previous step.
         Returns ``(out, new_state, cache)`` with ``out`` (n, o) the raw dense
         output, written into ``out`` if given (e.g. a row slice of a larger array).
+
+        The step runs *feature-major*: ``zᵀ`` (i + h + 1, n) and the gates
+        ``aᵀ = [W | b] zᵀ`` (4h, n), so each gate is a contiguous block of rows
+        and every elementwise pass streams through memory (row-major (n, 4h)
+        gates would make each gate a strided quarter of every row).  The
+        returned states and the cached ``z`` are (n, ·) *views* (Fortran
+        order) of those arrays, so the next step reads them without a copy.
         """
         xp = backend.get_array_module(x)
         p = self.views(theta)
         new_state, cache = [], []
         for l, (h_prev, c_prev) in enumerate(state):
-            z = xp.empty((x.shape[0], x.shape[1] + h_prev.shape[1] + 1), dtype=x.dtype)
-            z[:, :x.shape[1]] = x                   # z = [x, h_prev, 1]
-            z[:, x.shape[1]:-1] = h_prev
-            z[:, -1] = 1
-            _, c, _, h = self._layer_forward(xp, p, l, z, c_prev)
-            new_state.append((h, c))
-            cache.append((z, c_prev))
-            x = h
-        out = xp.matmul(x, p["out.weight"].T, out=out)
-        out += p["out.bias"]
+            n_in = x.shape[1]
+            zt = xp.empty((n_in + h_prev.shape[1] + 1, x.shape[0]), dtype=x.dtype)
+            zt[:n_in] = x.T                         # zᵀ = [x, h_prev, 1]ᵀ
+            zt[n_in:-1] = h_prev.T
+            zt[-1] = 1
+            ct, ht = self._layer_forward_t(xp, p, l, zt, c_prev.T)
+            new_state.append((ht.T, ct.T))
+            cache.append((zt.T, c_prev))
+            x = ht.T
+        y = p["out.weight"] @ x.T                       # (o, n)
+        y += p["out.bias"][:, None]
+        if out is None:
+            return y.T, new_state, cache
+        out[...] = y.T
         return out, new_state, cache
 
+    def _layer_forward_t(self, xp, p, l, zt, c_prev_t):
+        """Feature-major forward of layer ``l``: ``zᵀ`` (i + h + 1, n), ``c_prevᵀ`` (h, n)
+        -> ``(cᵀ, hᵀ)``, each (h, n), from one GEMM and in-place passes."""
+        H = self.hidden[l]
+        scale = xp.asarray(self._gate_scale[l], dtype=zt.dtype)[:, None]
+        w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
+        gates = (w_b * scale) @ zt                  # [W | b] with the i, f, o rows halved
+        xp.tanh(gates, out=gates)
+        i, f, g, o = (gates[k * H:(k + 1) * H] for k in range(4))
+        for gate in (i, f, o):                      # σ(a) = ½ + ½ tanh(a/2)
+            gate *= 0.5
+            gate += 0.5
+        c = f * c_prev_t
+        i *= g
+        c += i
+        xp.tanh(c, out=g)                           # g is no longer needed: tanh c
+        o *= g
+        return c, o
+
     def _layer_forward(self, xp, p, l, z, c_prev):
+        """Row-major forward of layer ``l`` for the backward's recomputation:
+        ``(gates, c, tanh c, h)`` with the gates (n, 4h) = [σ(a_i), σ(a_f), tanh(a_g), σ(a_o)]."""
         H = self.hidden[l]
         scale = xp.asarray(self._gate_scale[l], dtype=z.dtype)
         w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
         gates = z @ (w_b * scale[:, None]).T        # [W | b] with the i, f, o rows halved
         xp.tanh(gates, out=gates)
         gates *= scale
-        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)  # σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
+        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)
         i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
         c = f * c_prev
         c += i * g
