@@ -103,6 +103,50 @@ def test_meta_gradient_without_rnn_p():
                      * np.linalg.norm(v)) < 1e-6
 
 
+def test_training_one_meta_net_gives_the_same_partial_gradient():
+    """``train="s"``/``"p"`` skip the other net's PCG backward; the gradient part kept is unchanged."""
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(T=2)
+    full = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
+                  clip=clip, noise=noise).grad
+    n_s = nets.size_s
+    for train, kept, zero in (("s", slice(0, n_s), slice(n_s, None)),
+                              ("p", slice(n_s, None), slice(0, n_s))):
+        part = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches,
+                      rows, clip=clip, noise=noise, train=train).grad
+        np.testing.assert_allclose(part[kept], full[kept], rtol=1e-12, atol=1e-300)
+        assert not part[zero].any() and full[zero].any()
+
+
+class _RandomStream:
+    batch_size = 4
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+
+    def __next__(self):
+        return self.rng.standard_normal((4, 1, 4, 4)), self.rng.integers(0, 3, 4)
+
+
+def test_meta_trainer_train_p_keeps_rnn_s_and_resumes_with_fresh_moments(tmp_path):
+    problem = Problem(tiny_bn_convnet())
+    trainer = MetaTrainer(problem, _RandomStream(), T=2, seed=3, train="p")
+    theta0 = trainer.theta.copy()
+    trainer.run(2)
+    n_s = trainer.nets.size_s
+    np.testing.assert_array_equal(trainer.theta[:n_s], theta0[:n_s])
+    assert np.abs(trainer.theta[n_s:] - theta0[n_s:]).max() > 0
+    path = str(tmp_path / "p.h5")
+    trainer.save(path)
+    # a second stage trains RNN_s from the saved file: Adam starts afresh (other size)
+    stage2 = MetaTrainer(problem, _RandomStream(1), T=2, seed=3, train="s")
+    stage2.resume_from(path)
+    assert stage2.adam.t == 0 and stage2.adam.m.shape == (n_s,)
+    stage2.run(1)
+    np.testing.assert_array_equal(stage2.theta[n_s:], trainer.theta[n_s:])
+    with pytest.raises(Exception, match="train="):
+        MetaTrainer(problem, _RandomStream(), T=2, train="q")
+
+
 def test_optimizer_state_round_trip_continues_identically():
     model = tiny_bn_convnet()
     problem = Problem(model)

@@ -91,8 +91,13 @@ def clip_step_vjp(d, scale, y):
 
 
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
-           clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True):
+           clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
+           train="sp"):
     """Run T = ``len(batches) − 1`` MLHF steps and (optionally) their meta-gradient.
+
+    ``train`` names the meta-nets that get a gradient ("s", "p" or "sp"); the
+    other part of the returned gradient is zero and its PCG backward passes
+    are skipped.
 
     ``states`` (LSTM states) are updated in place.  ``noise`` is a list of T
     step factors (None: no noise).  With ``frozen`` (a :class:`Frozen` of an
@@ -107,6 +112,8 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     caches_s, caches_p = [], []
     dout_s, dout_p = [None] * T, [None] * T
     ls_vals, lp_vals, res_norms, losses = [], [], [], []
+    need_s = backward and "s" in train
+    need_p = backward and "p" in train and nets.use_rnn_p
     f_t = g_t = lin_t = None
     for t in range(T):
         if frozen is not None:
@@ -132,7 +139,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         Ad = g_t - r
         a, q = float(xp.dot(d, g_t)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
         lp_vals.append(-a / math.sqrt(q))
-        if backward and nets.use_rnn_p:
+        if need_p:
             d_bar = (-g_t / math.sqrt(q) + (0.5 * a / q ** 1.5) * Ad) / T
             r_bar = (-0.5 * a / q ** 1.5 / T) * d
             P_bar = pcg_backward(dirn.pcg, dirn.apply_A, d_bar, r_bar, need=("P",))["P"]
@@ -147,7 +154,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         f_same, g_same, _ = problem.loss_and_grad(w_next, batches[t])
         f_next, g_next, lin_next = problem.loss_and_grad(w_next, batches[t + 1])
         ls_vals.append(float(f_next) + float(f_same) - 2 * float(f_t))
-        if backward:
+        if need_s:
             y = (-lr * u) * (g_next + g_same)
             s_bar = pcg_backward(dirn.pcg, dirn.apply_A, clip_step_vjp(d, scale, y), None,
                                  need=("s",))["s"]
@@ -165,13 +172,14 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     l_p = float(np.mean(lp_vals))
     grad = None
     if backward:
-        for t in range(T):
-            dout_s[t] *= ls_weight * weights[t]
-        grad_s = nets.rnn_s.backward(theta_s, caches_s, dout_s, rows)[0]
-        parts = [grad_s]
-        if nets.use_rnn_p:
-            parts.append(nets.rnn_p.backward(theta_p, caches_p, dout_p, rows)[0])
-        grad = xp.concatenate(parts) if len(parts) > 1 else grad_s
+        grad = xp.zeros_like(theta)
+        grad_s, grad_p = nets.split(grad)
+        if need_s:
+            for t in range(T):
+                dout_s[t] *= ls_weight * weights[t]
+            grad_s[...] = nets.rnn_s.backward(theta_s, caches_s, dout_s, rows)[0]
+        if need_p:
+            grad_p[...] = nets.rnn_p.backward(theta_p, caches_p, dout_p, rows)[0]
     stats = {"l_s": l_s, "l_p": l_p, "residual": float(np.mean(res_norms)),
              "loss": float(np.mean(losses)), "loss_end": float(f_t)}
     return UnrollResult(l_s, l_p, grad, w, d_prev, r_prev, rec, stats)
@@ -187,12 +195,14 @@ class MetaTrainer:
     clip of the meta-gradient, 1.0), ``reset_prob`` (0.7; 0.5 for ResNets),
     ``buffer`` replay capacity (200), ``store_every`` (store the current
     weights every this many meta-iterations), ``clip``/``noise`` (the
-    released code's step clip and noise), ``seed``.
+    released code's step clip and noise), ``train`` (which meta-nets learn:
+    "sp" both, the paper; "s" or "p" keeps the other at its initialisation,
+    or at the values of ``resume_from``), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
-                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, seed=0):
+                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -200,8 +210,13 @@ class MetaTrainer:
         self.clip, self.noise = clip, noise
         self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
-        self.adam = MetaAdam(self.nets.size, meta_lr, l2, max_grad_norm, xp=self.xp,
-                             dtype=self.dtype)
+        if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
+            raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
+        self.train = train
+        self.trained = {"sp": slice(0, self.nets.size), "s": slice(0, self.nets.size_s),
+                        "p": slice(self.nets.size_s, self.nets.size)}[train]
+        self.adam = MetaAdam(self.trained.stop - self.trained.start, meta_lr, l2, max_grad_norm,
+                             xp=self.xp, dtype=self.dtype)
         self.rows = self.nets.rows(model.layout)
         self.replay = ReplayBuffer(buffer)
         self.rng = np.random.default_rng([seed, 1])
@@ -231,8 +246,12 @@ class MetaTrainer:
                  if self.noise else None)
         t0 = time.perf_counter()
         res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
-                     self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise)
-        self.theta, grad_norm = self.adam.update(self.theta, res.grad)
+                     self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
+                     train=self.train)
+        theta = self.theta.copy()
+        theta[self.trained], grad_norm = self.adam.update(theta[self.trained],
+                                                          res.grad[self.trained])
+        self.theta = theta
         self.w, self.d_prev, self.r_prev, self._pending = res.w, res.d_prev, res.r_prev, batches[-1]
         if not np.isfinite(backend.asnumpy(self.w)).all():
             self.w = None                                   # diverged target net: reset next time
@@ -278,7 +297,7 @@ class MetaTrainer:
                        extra_config={"model": model_name or self.problem.model.name,
                                      "trained_kinds": self.problem.model.layout.kinds,
                                      "T": self.T, "iterations": self.iteration,
-                                     "command": command},
+                                     "train": self.train, "command": command},
                        extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
 
     def resume_from(self, path):
@@ -286,6 +305,6 @@ class MetaTrainer:
         if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
             raise UserError(f"{path}: meta-nets configured differently from this meta-training")
         self.theta = theta
-        if "adam" in extra:
-            self.adam.load_state_dict(extra["adam"], self.xp)
+        if "adam" in extra and config.get("train", "sp") == self.train:
+            self.adam.load_state_dict(extra["adam"], self.xp)    # else: fresh Adam moments
         self.iteration = int(extra.get("iteration", 0))
