@@ -69,6 +69,21 @@ def test_maxpool_routes_ties_to_one_input():
     assert layer.backward({}, cache, y, {}, need_dx=False) is None
 
 
+@pytest.mark.parametrize("in_hw", [(4, 6), (5, 6)], ids=str)
+def test_maxpool_winner_is_the_first_maximal_tap(in_hw):
+    """The tiling 2x2 pass ((4, 6)) and the general loop ((5, 6)) pick the same
+    winner, the first maximum in the order k = 2a + b, on inputs full of ties."""
+    layer = MaxPool2d(2)
+    layer.build((3,) + in_hw)
+    x = np.random.default_rng(4).integers(0, 3, (2, 3) + in_hw).astype(float)
+    y, (argmax, _) = layer.forward({}, x, True)
+    ho, wo = in_hw[0] // 2, in_hw[1] // 2
+    windows = x[:, :, :2 * ho, :2 * wo].reshape(2, 3, ho, 2, wo, 2).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(2, 3, ho, wo, 4)
+    np.testing.assert_array_equal(argmax, windows.argmax(axis=-1))
+    np.testing.assert_array_equal(y, windows.max(axis=-1))
+
+
 def test_global_avg_pool_shapes_and_diag():
     layer = GlobalAvgPool()
     assert layer.build((3, 4, 5)) == (3,)

@@ -72,6 +72,9 @@ class MaxPool2d(_Pool2d):
     """
 
     def forward(self, p, x, train, state=None):
+        if self.kernel == (2, 2) and self._tiles(x.shape):
+            y, argmax = self._forward_2x2(x)
+            return y, (argmax, x.shape)
         xp = get_array_module(x)
         xpad = pad(x, self.padding, value=-float("inf"))
         taps = self._windows(x.shape)
@@ -84,6 +87,24 @@ class MaxPool2d(_Pool2d):
             xp.maximum(y, tap, out=y)
             xp.copyto(argmax, k, where=better)
         return y, (argmax, x.shape)
+
+    @staticmethod
+    def _forward_2x2(x):
+        """``(y, k*)`` of the tiling 2×2 pool in two halving passes: the max of each
+        column pair (strided), then of each row pair (contiguous rows).  Columns
+        first, then rows with a strict comparison keeps the rule of the general
+        loop: the first maximal tap in the order k = 2a + b wins ties."""
+        xp = get_array_module(x)
+        left, right = x[..., 0::2], x[..., 1::2]
+        right_won = right > left                             # b of each row's winner
+        m = xp.maximum(left, right)                          # (n, c, h, wo)
+        top, bottom = m[..., 0::2, :], m[..., 1::2, :]
+        bottom_won = bottom > top                            # a of the winner
+        y = xp.maximum(top, bottom)
+        b_top = right_won[..., 0::2, :].astype(xp.uint8)
+        b_bottom = right_won[..., 1::2, :].astype(xp.uint8)
+        b_bottom += 2
+        return y, xp.where(bottom_won, b_bottom, b_top)
 
     def _tiles(self, x_shape):
         """True when the windows partition the input (every position in exactly one window)."""

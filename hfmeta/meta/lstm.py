@@ -146,48 +146,65 @@ class CoordinateLSTM:
         The step runs *feature-major*: ``zᵀ`` (i + h + 1, n) and the gates
         ``aᵀ = [W | b] zᵀ`` (4h, n), so each gate is a contiguous block of rows
         and every elementwise pass streams through memory (row-major (n, 4h)
-        gates would make each gate a strided quarter of every row).  The
-        returned states and the cached ``z`` are (n, ·) *views* (Fortran
-        order) of those arrays, so the next step reads them without a copy.
+        gates would make each gate a strided quarter of every row); and it
+        runs over blocks of :attr:`CHUNK` rows, every layer and the output map
+        in turn, so the gates of a block stay in the CPU cache between the
+        passes.  The returned states and the cached ``z`` are (n, ·) *views*
+        (Fortran order) of (·, n) arrays, so the next step reads them without
+        a copy.
         """
         xp = backend.get_array_module(x)
         p = self.views(theta)
-        new_state, cache = [], []
-        for l, (h_prev, c_prev) in enumerate(state):
-            n_in = x.shape[1]
-            zt = xp.empty((n_in + h_prev.shape[1] + 1, x.shape[0]), dtype=x.dtype)
-            zt[:n_in] = x.T                         # zᵀ = [x, h_prev, 1]ᵀ
-            zt[n_in:-1] = h_prev.T
-            zt[-1] = 1
-            ct, ht = self._layer_forward_t(xp, p, l, zt, c_prev.T)
-            new_state.append((ht.T, ct.T))
-            cache.append((zt.T, c_prev))
-            x = ht.T
-        y = p["out.weight"] @ x.T                       # (o, n)
+        n, dtype = x.shape[0], x.dtype
+        widths = (x.shape[1],) + self.hidden
+        zts = [xp.empty((widths[l] + h + 1, n), dtype=dtype) for l, h in enumerate(self.hidden)]
+        cts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
+        hts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
+        w_bs = [self._scaled_w_b(xp, p, l, dtype) for l in range(len(self.hidden))]
+        y = xp.empty((self.n_outputs, n), dtype=dtype)
+        for a in range(0, n, self.CHUNK):
+            rows = slice(a, min(a + self.CHUNK, n))
+            below = x[rows].T
+            for l, (h_prev, c_prev) in enumerate(state):
+                zt = zts[l][:, rows]                 # zᵀ = [x, h_prev, 1]ᵀ
+                zt[:widths[l]] = below
+                zt[widths[l]:-1] = h_prev[rows].T
+                zt[-1] = 1
+                self._layer_forward_t(xp, w_bs[l], self.hidden[l], zt, c_prev[rows].T,
+                                      cts[l][:, rows], hts[l][:, rows])
+                below = hts[l][:, rows]
+            xp.matmul(p["out.weight"], below, out=y[:, rows])
         y += p["out.bias"][:, None]
+        new_state = [(ht.T, ct.T) for ht, ct in zip(hts, cts)]
+        cache = [(zt.T, c_prev) for zt, (_, c_prev) in zip(zts, state)]
         if out is None:
             return y.T, new_state, cache
         out[...] = y.T
         return out, new_state, cache
 
-    def _layer_forward_t(self, xp, p, l, zt, c_prev_t):
-        """Feature-major forward of layer ``l``: ``zᵀ`` (i + h + 1, n), ``c_prevᵀ`` (h, n)
-        -> ``(cᵀ, hᵀ)``, each (h, n), from one GEMM and in-place passes."""
-        H = self.hidden[l]
-        scale = xp.asarray(self._gate_scale[l], dtype=zt.dtype)[:, None]
-        w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
-        gates = (w_b * scale) @ zt                  # [W | b] with the i, f, o rows halved
+    #: rows per block of :meth:`step` (gates of a block: 4h · CHUNK numbers)
+    CHUNK = 16384
+
+    def _scaled_w_b(self, xp, p, l, dtype):
+        """``[W | b]`` of layer ``l`` with the i, f, o rows halved (σ(a) = ½ + ½ tanh(a/2))."""
+        scale = xp.asarray(self._gate_scale[l], dtype=dtype)[:, None]
+        return xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1) * scale
+
+    @staticmethod
+    def _layer_forward_t(xp, w_b, H, zt, c_prev_t, c_out, h_out):
+        """Feature-major forward of one layer on a block: ``zᵀ`` (i + h + 1, m),
+        ``c_prevᵀ`` (h, m) -> ``cᵀ``, ``hᵀ`` written into ``c_out``, ``h_out`` (h, m)."""
+        gates = w_b @ zt                            # (4h, m)
         xp.tanh(gates, out=gates)
         i, f, g, o = (gates[k * H:(k + 1) * H] for k in range(4))
         for gate in (i, f, o):                      # σ(a) = ½ + ½ tanh(a/2)
             gate *= 0.5
             gate += 0.5
-        c = f * c_prev_t
+        xp.multiply(f, c_prev_t, out=c_out)
         i *= g
-        c += i
-        xp.tanh(c, out=g)                           # g is no longer needed: tanh c
-        o *= g
-        return c, o
+        c_out += i
+        xp.tanh(c_out, out=g)                       # g is no longer needed: tanh c
+        xp.multiply(o, g, out=h_out)
 
     def _layer_forward(self, xp, p, l, z, c_prev):
         """Row-major forward of layer ``l`` for the backward's recomputation:
