@@ -11,12 +11,14 @@ Becker-LeCun pass both just apply the mask (mask² = mask).
 """
 from __future__ import annotations
 
+from ..backend import get_array_module
 from .base import Layer
 
 
 class ReLU(Layer):
     def forward(self, p, x, train, state=None):
-        y = x * (x > 0)  # keeps dtype and device; maximum(x, 0) would too
+        xp = get_array_module(x)
+        y = xp.maximum(x, 0)     # one pass; keeps dtype (a Python 0 does not promote)
         return y, y
 
     def rop(self, p, cache, dp, dx):
