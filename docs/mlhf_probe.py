@@ -1,0 +1,170 @@
+"""What can RNN_p buy?  Two measurements behind the MLHF ablation (paper Figure 4).
+
+Writes ``docs/mlhf_probe.md`` (and prints it)::
+
+    python docs/mlhf_probe.py [--meta FILE] [--starts 3] [--out docs/mlhf_probe.md]
+
+1. **l_p depends on the damping.**  l_p = (1/T) Σ_t −⟨d, g⟩ / sqrt(⟨d, A d⟩)
+   with A = G + diag(s); for the exact solve d = A⁻¹g it equals
+   −sqrt(gᵀA⁻¹g), which rises (gets worse) when s grows.  So l_p of two
+   meta-trained MLHFs differs through RNN_s as well as through RNN_p.  The
+   table evaluates the four mixtures of initial (0) and meta-trained (1)
+   RNN_s and RNN_p of ``--meta`` on the same held-out unrolls
+   (:meth:`hfmeta.meta.mlhf_train.MetaTrainer.evaluate`: fresh target nets,
+   fixed meta-split batches, T = 10, no step noise).
+
+2. **How far a diagonal preconditioner can close the gap to n = 20** at one
+   fixed damping s = softplus(0) + 2e-5 (the untrained RNN_s): the same
+   held-out unrolls with PCG warm-started as in MLHF and P = I (n = 2, 4,
+   20), the Jacobi preconditioner P = 1/(diag G + s) from the exact GGN
+   diagonal (:func:`hfmeta.diagonal.exact_diag_ggn`; n = 2, 4), and a
+   coordinate search over one constant scale of P per parameter kind.
+   RNN_p outputs a diagonal P; if none of these moves l_p towards n = 20,
+   the ablation's claim cannot hold at this scale for lack of room, not for
+   lack of meta-training.
+
+3. **Which constant damping the held-out unrolls prefer** (P = I, n = 4):
+   l_s (the paper's softmax-weighted one-step loss changes, × 10 as in
+   meta-training) and the training loss after the T steps, for a few
+   constant s.  RNN_s starts at s ≈ 0.69; meta-training moves it where the
+   meta-gradient points, which need not be where these numbers point.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import numpy as np
+
+from hfmeta.data import open_dataset
+from hfmeta.diagonal import exact_diag_ggn
+from hfmeta.meta.mlhf import S_MIN, MLHFNets
+from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step
+from hfmeta.meta.registry import shipped_path
+from hfmeta.models import build
+from hfmeta.pcg import pcg
+from hfmeta.problem import Problem
+
+T = 10
+SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, full=False):
+    """Mean l_p and mean ‖r_n‖ (``full``: also l_s and the final loss) of
+    ``starts`` held-out unrolls (the batches and start nets of
+    ``MetaTrainer.evaluate``) with constant damping ``s_value`` and
+    ``preconditioner(lin, s) -> P or None``."""
+    model = problem.model
+    l_p, residual, l_s, final = [], [], [], []
+    for k in range(starts):
+        batch = [batches.batch_at(10 ** 6 + k * (T + 1) + t) for t in range(T + 1)]
+        w, d = model.init(12345 + k), None
+        f, g, lin = problem.loss_and_grad(w, batch[0])
+        ls_t = []
+        for t in range(T):
+            s = np.full_like(g, s_value)
+            result = pcg(lambda v: problem.gvp(lin, v, s), g, d, preconditioner(lin, s), n)
+            d, r = result.x, result.r
+            l_p.append(-float(d @ g) / math.sqrt(float(d @ (g - r))))
+            residual.append(float(np.linalg.norm(r)))
+            w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
+            f_next, g, lin = problem.loss_and_grad(w, batch[t + 1])
+            if full:
+                f_same = problem.loss_and_grad(w, batch[t])[0]
+                ls_t.append(float(f_next) + float(f_same) - 2 * float(f))
+            f = f_next
+        if full:
+            weights = np.exp(np.array(ls_t) - max(ls_t))
+            l_s.append(LS_WEIGHT * float(weights @ ls_t / weights.sum()))
+            final.append(float(f))
+    out = (float(np.mean(l_p)), float(np.mean(residual)))
+    return out + (float(np.mean(l_s)), float(np.mean(final))) if full else out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--meta", default=shipped_path("mlhf"))
+    parser.add_argument("--model", default="cnn-small")
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "mlhf_probe.md"))
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    nets, theta1, config, _ = MLHFNets.load(args.meta, np, np.float32)
+    ds = open_dataset(args.data)
+    model = build(args.model, ds.image_shape, ds.classes, dtype="float32")
+    problem = Problem(model)
+    batches = ds.batches("meta", nets.b_mt, seed=0, dtype="float32",
+                         augment=ds.default_augment)
+    trainer = MetaTrainer(problem, batches, T=T, n=nets.n, hidden=nets.hidden,
+                          use_rnn_p=nets.use_rnn_p, seed=0)
+    theta0, n_s = trainer.theta, nets.size_s
+    lines = [f"# MLHF probe: what RNN_p can buy ({args.model} on {args.data}, "
+             f"{args.starts} held-out unrolls of T = {T})", "",
+             f"Made by `python docs/mlhf_probe.py --meta {os.path.relpath(args.meta)} "
+             f"--starts {args.starts}`; see the script's docstring for what is measured.", "",
+             "## 1. l_p moves with RNN_s's damping", "",
+             "| RNN_s | RNN_p | l_p | l_s | mean ‖r_n‖ | final loss |", "|---|---|---|---|---|---|"]
+    for name_s, th_s in (("initial", theta0), ("meta-trained", theta1)):
+        for name_p, th_p in (("initial", theta0), ("meta-trained", theta1)):
+            theta = np.concatenate([th_s[:n_s], th_p[n_s:]])
+            ev = trainer.evaluate(theta, starts=args.starts)
+            lines.append(f"| {name_s} | {name_p} | {ev['l_p']:+.4f} | {ev['l_s']:+.4f} | "
+                         f"{ev['residual']:.4f} | {ev['loss_end']:.4f} |")
+            print(lines[-1], flush=True)
+
+    s_value = math.log(2.0) + S_MIN                       # softplus(0) + s_min
+    identity = lambda lin, s: None                         # noqa: E731
+
+    def jacobi(lin, s):
+        return 1.0 / (exact_diag_ggn(lin, problem.loss_fn) + s)
+
+    lines += ["", f"## 2. Diagonal preconditioners at fixed damping s = {s_value:.4f}", "",
+              "| preconditioner | n | l_p | mean ‖r_n‖ |", "|---|---|---|---|"]
+    for label, n, prec in (("P = I", 20, identity), ("P = I", 4, identity),
+                           ("P = I", 2, identity), ("Jacobi 1/(diag G + s)", 4, jacobi),
+                           ("Jacobi 1/(diag G + s)", 2, jacobi)):
+        l_p, res = fixed_damping_unrolls(problem, batches, args.starts, n, prec, s_value)
+        lines.append(f"| {label} | {n} | {l_p:+.4f} | {res:.4f} |")
+        print(lines[-1], flush=True)
+
+    kinds = {k: model.layout.kind_slice(k) for k in model.layout.kinds}
+
+    def per_kind(scales):
+        def prec(lin, s):
+            P = np.ones_like(s)
+            for kind, rows in kinds.items():
+                P[rows] = scales[kind]
+            return P
+        return prec
+
+    best = {k: 1.0 for k in kinds}
+    best_lp = fixed_damping_unrolls(problem, batches, args.starts, 4, per_kind(best), s_value)[0]
+    for kind in kinds:                                      # coordinate search, one pass
+        for scale in SCALES:
+            trial = {**best, kind: scale}
+            l_p, res = fixed_damping_unrolls(problem, batches, args.starts, 4, per_kind(trial),
+                                             s_value)
+            lines.append(f"| P = {scale:g} on {kind}, else as found so far | 4 | {l_p:+.4f} | "
+                         f"{res:.4f} |")
+            print(lines[-1], flush=True)
+            if l_p < best_lp:
+                best, best_lp = trial, l_p
+    lines += ["", f"Best per-kind scales found: {best} (l_p {best_lp:+.4f}, n = 4).", "",
+              "## 3. Constant damping on the held-out unrolls (P = I, n = 4)", "",
+              "| s | l_s | final loss | l_p | mean ‖r_n‖ |", "|---|---|---|---|---|"]
+    for s_const in (0.25, 0.5, s_value, 1.0, 2.0):
+        l_p, res, l_s, final = fixed_damping_unrolls(problem, batches, args.starts, 4, identity,
+                                                     s_const, full=True)
+        lines.append(f"| {s_const:.4g} | {l_s:+.4f} | {final:.4f} | {l_p:+.4f} | {res:.4f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[-3:]))
+
+
+if __name__ == "__main__":
+    main()
