@@ -85,7 +85,7 @@ class MaxPool2d(_Pool2d):
             tap = xpad[index]
             better = tap > y                 # strict: the first maximal tap wins ties
             xp.maximum(y, tap, out=y)
-            xp.copyto(argmax, k, where=better)
+            xp.copyto(argmax, argmax.dtype.type(k), where=better)
         return y, (argmax, x.shape)
 
     @staticmethod
