@@ -26,6 +26,8 @@ LAYER_CASES = [
     ("conv 5x5 same", lambda: Conv2d(2, 5, padding="same"), (3, 6, 6), True),
     ("conv 3x3 s2 p0 no bias", lambda: Conv2d(3, 3, stride=2, bias=False), (2, 7, 7), True),
     ("conv 1x1 s2 no bias", lambda: Conv2d(4, 1, stride=2, bias=False), (3, 6, 6), True),
+    ("conv 5x5 same fft", lambda: Conv2d(2, 5, padding="same", algorithm="fft"), (3, 6, 6), True),
+    ("conv 3x3 p0 fft no bias", lambda: Conv2d(3, 3, bias=False, algorithm="fft"), (2, 7, 7), True),
     ("maxpool 2/2", lambda: MaxPool2d(2, 2), (2, 6, 6), True),
     ("maxpool 3/2 p1", lambda: MaxPool2d(3, 2, padding=1), (2, 7, 7), True),
     ("avgpool 2/2", lambda: AvgPool2d(2, 2), (2, 6, 6), True),
