@@ -149,38 +149,50 @@ class CoordinateLSTM:
         gates would make each gate a strided quarter of every row); and it
         runs over blocks of :attr:`CHUNK` rows, every layer and the output map
         in turn, so the gates of a block stay in the CPU cache between the
-        passes.  The returned states and the cached ``z`` are (n, ·) *views*
-        (Fortran order) of (·, n) arrays, so the next step reads them without
-        a copy.
+        passes.  An F-ordered ``x`` (:func:`~hfmeta.meta.preprocess.build_inputs`
+        makes one) is read as contiguous rows of ``xᵀ``.  Layer l's ``hᵀ`` is
+        written straight into the ``x`` rows of layer l + 1's ``zᵀ``; the
+        returned states and the cached ``z`` are (n, ·) *views* (Fortran order)
+        of (·, n) arrays, so the next step reads them without a copy.
         """
         xp = backend.get_array_module(x)
         p = self.views(theta)
         n, dtype = x.shape[0], x.dtype
+        L = len(self.hidden)
         widths = (x.shape[1],) + self.hidden
         zts = [xp.empty((widths[l] + h + 1, n), dtype=dtype) for l, h in enumerate(self.hidden)]
+        for zt in zts:
+            zt[-1] = 1                               # the ones row: the bias rides in the GEMM
         cts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
-        hts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
-        w_bs = [self._scaled_w_b(xp, p, l, dtype) for l in range(len(self.hidden))]
-        y = xp.empty((self.n_outputs, n), dtype=dtype)
+        # hᵀ of layer l lives in the first rows of zᵀ of layer l + 1 (the last layer's alone)
+        hts = [zts[l + 1][:h] for l, h in enumerate(self.hidden[:-1])]
+        hts.append(xp.empty((self.hidden[-1], n), dtype=dtype))
+        w_bs = [self._scaled_w_b(xp, p, l, dtype) for l in range(L)]
+        in_place = out is not None and out.T.flags.c_contiguous
+        if in_place:
+            y = out.T                                # (o, n): write the output in place
+        else:
+            y = xp.empty((self.n_outputs, n), dtype=dtype)
         block = self.CHUNK if xp is np else max(n, 1)     # a GPU wants few, large kernels
+        gates = xp.empty((max(4 * h for h in self.hidden), min(block, n)), dtype=dtype)
+        xt = x.T
         for a in range(0, n, block):
             rows = slice(a, min(a + block, n))
-            below = x[rows].T
+            m = rows.stop - a
+            zts[0][:widths[0], rows] = xt[:, rows]
             for l, (h_prev, c_prev) in enumerate(state):
                 zt = zts[l][:, rows]                 # zᵀ = [x, h_prev, 1]ᵀ
-                zt[:widths[l]] = below
                 zt[widths[l]:-1] = h_prev[rows].T
-                zt[-1] = 1
                 self._layer_forward_t(xp, w_bs[l], self.hidden[l], zt, c_prev[rows].T,
-                                      cts[l][:, rows], hts[l][:, rows])
-                below = hts[l][:, rows]
-            y[:, rows] = p["out.weight"] @ below
+                                      cts[l][:, rows], hts[l][:, rows], gates[:4 * self.hidden[l], :m])
+            xp.matmul(p["out.weight"], hts[-1][:, rows], out=y[:, rows])
         y += p["out.bias"][:, None]
         new_state = [(ht.T, ct.T) for ht, ct in zip(hts, cts)]
         cache = [(zt.T, c_prev) for zt, (_, c_prev) in zip(zts, state)]
         if out is None:
             return y.T, new_state, cache
-        out[...] = y.T
+        if not in_place:
+            out[...] = y.T
         return out, new_state, cache
 
     #: rows per block of :meth:`step` on the CPU (gates of a block: 4h · CHUNK
@@ -188,20 +200,26 @@ class CoordinateLSTM:
     CHUNK = 4096
 
     def _scaled_w_b(self, xp, p, l, dtype):
-        """``[W | b]`` of layer ``l`` with the i, f, o rows halved (σ(a) = ½ + ½ tanh(a/2))."""
-        scale = xp.asarray(self._gate_scale[l], dtype=dtype)[:, None]
-        return xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1) * scale
+        """``[W | b]`` of layer ``l``, rows reordered to i, f, o, g, with the
+        i, f, o rows halved (σ(a) = ½ + ½ tanh(a/2))."""
+        H = self.hidden[l]
+        order = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
+        scale = xp.asarray(self._gate_scale[l][order], dtype=dtype)[:, None]
+        w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
+        return w_b[xp.asarray(order)] * scale
 
     @staticmethod
-    def _layer_forward_t(xp, w_b, H, zt, c_prev_t, c_out, h_out):
+    def _layer_forward_t(xp, w_b, H, zt, c_prev_t, c_out, h_out, gates):
         """Feature-major forward of one layer on a block: ``zᵀ`` (i + h + 1, m),
-        ``c_prevᵀ`` (h, m) -> ``cᵀ``, ``hᵀ`` written into ``c_out``, ``h_out`` (h, m)."""
-        gates = w_b @ zt                            # (4h, m)
+        ``c_prevᵀ`` (h, m) -> ``cᵀ``, ``hᵀ`` written into ``c_out``, ``h_out`` (h, m).
+        ``w_b`` from :meth:`_scaled_w_b` (gate rows i, f, o, g); ``gates`` a
+        (4h, m) scratch buffer."""
+        xp.matmul(w_b, zt, out=gates)               # (4h, m)
         xp.tanh(gates, out=gates)
-        i, f, g, o = (gates[k * H:(k + 1) * H] for k in range(4))
-        for gate in (i, f, o):                      # σ(a) = ½ + ½ tanh(a/2)
-            gate *= 0.5
-            gate += 0.5
+        sig = gates[:3 * H]                         # σ(a) = ½ + ½ tanh(a/2) on i, f, o at once
+        sig *= 0.5
+        sig += 0.5
+        i, f, o, g = gates[:H], gates[H:2 * H], gates[2 * H:3 * H], gates[3 * H:]
         xp.multiply(f, c_prev_t, out=c_out)
         i *= g
         c_out += i

@@ -136,12 +136,15 @@ def build_inputs(preprocs, vectors, out=None):
     """Preprocess each vector into its columns of one LSTM input ``x`` (n, Σk).
 
     ``preprocs`` and ``vectors`` are parallel sequences, e.g.
-    ``([Tanh(), Tanh(), Tanh()], [g, d_prev, r_prev])`` for MLHF.
+    ``([Tanh(), Tanh(), Tanh()], [g, d_prev, r_prev])`` for MLHF.  A new
+    ``x`` is Fortran-ordered (feature-major): each feature column is
+    contiguous, for the preprocessing that writes it and for the
+    feature-major LSTM step that reads ``xᵀ``.
     """
     xp = backend.get_array_module(*vectors)
     n_features = sum(pp.n_features for pp in preprocs)
     if out is None:
-        out = xp.empty((vectors[0].shape[0], n_features), dtype=vectors[0].dtype)
+        out = xp.empty((vectors[0].shape[0], n_features), dtype=vectors[0].dtype, order="F")
     col = 0
     for pp, v in zip(preprocs, vectors, strict=True):
         pp.forward(v, out[:, col:col + pp.n_features])
