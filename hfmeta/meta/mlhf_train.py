@@ -151,7 +151,9 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         w_next = w - (lr * u * scale) * d
 
         # l_s^t = l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}) − 2 l(x^t, w^t)
-        f_same, g_same, _ = problem.loss_and_grad(w_next, batches[t])
+        # (the linearization of l(x^t, w^{t+1}) is dropped at once: binding it to a
+        # name would keep a third one alive through the rest of the step)
+        f_same, g_same = problem.loss_and_grad(w_next, batches[t])[:2]
         f_next, g_next, lin_next = problem.loss_and_grad(w_next, batches[t + 1])
         ls_vals.append(float(f_next) + float(f_same) - 2 * float(f_t))
         if need_s:
