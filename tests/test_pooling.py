@@ -119,3 +119,29 @@ def test_cupy_matches_numpy(layer):
 
     for a, b in zip(run(cp), run(np)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("k,in_hw", [(2, (6, 8)), (3, (6, 9))], ids=str)
+def test_tiling_maxpool_gather_scatter_match_tap_loops(k, in_hw):
+    """Tiling pools (the 2x2 halving forward and the general loop for 3x3) route
+    R-op and backward through the flat winner index: exactly the tap loops'
+    results, the index computed once per cache; derivatives pass finite differences."""
+    from hfmeta.layers.im2col import windows
+    layer = MaxPool2d(k)
+    layer.build((3,) + in_hw)
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (2, 3) + in_hw).astype(float)          # ties on purpose
+    y, cache = layer.forward({}, x, True)
+    argmax, _ = cache
+    dx, dy = rng.standard_normal(x.shape), rng.standard_normal(y.shape)
+    ref_rop, ref_bwd = np.zeros(y.shape), np.zeros(x.shape)
+    for kk, _, _, index in windows(layer.kernel, layer.stride, y.shape[2:]):
+        ref_rop += dx[index] * (argmax == kk)
+        ref_bwd[index] += dy * (argmax == kk)
+    np.testing.assert_array_equal(layer.rop({}, cache, None, dx), ref_rop)
+    winners = cache.winners
+    np.testing.assert_array_equal(layer.backward({}, cache, dy, {}), ref_bwd)
+    assert cache.winners is winners                                # computed once
+    results = gradcheck.check_map(repr(layer), *gradcheck.layer_map(layer, (3,) + in_hw, batch=2))
+    gradcheck.assert_all_ok(results)
+    assert max(r.rel_error for r in results) < 1e-8

@@ -63,18 +63,30 @@ class _Pool2d(Layer):
         return f"{type(self).__name__}(kernel={self.kernel}, stride={self.stride}, padding={self.padding})"
 
 
+class MaxPoolCache(tuple):
+    """``(argmax, x_shape)`` of a :class:`MaxPool2d` forward; ``winners`` keeps the
+    flat winner index of a tiling pool once a derivative pass computed it."""
+    winners = None
+
+
 class MaxPool2d(_Pool2d):
-    """Max over each window; the cache is the winning offset k* (uint8) and x's shape.
+    """Max over each window; the cache is the winning offset k* (uint8) and
+    x's shape (a :class:`MaxPoolCache`, which also keeps the flat winner index
+    below once computed).
 
     When the windows tile the input exactly (stride = kernel, no padding,
-    h = ho·kh, w = wo·kw: the usual 2/2 pool) the backward writes every
-    input position once, with no zero fill and no accumulation.
+    h = ho·kh, w = wo·kw: the usual 2/2 pool) every input position lies in
+    one window, so the winners' flat input positions
+    ``i* = ((n·C + c)·h + kh·i + a)·w + kw·j + b`` (k* = a·kw + b) are unique:
+    the R-op is one gather ``dy = dx.flat[i*]`` and the backward one scatter
+    ``dx = 0;  dx.flat[i*] = dy``.  ``i*`` is computed on first use and kept
+    in the cache (a Gauss-Newton solve reuses it in every product).
     """
 
     def forward(self, p, x, train, state=None):
         if self.kernel == (2, 2) and self._tiles(x.shape):
             y, argmax = self._forward_2x2(x)
-            return y, (argmax, x.shape)
+            return y, MaxPoolCache((argmax, x.shape))
         xp = get_array_module(x)
         xpad = pad(x, self.padding, value=-float("inf"))
         taps = self._windows(x.shape)
@@ -86,7 +98,23 @@ class MaxPool2d(_Pool2d):
             better = tap > y                 # strict: the first maximal tap wins ties
             xp.maximum(y, tap, out=y)
             xp.copyto(argmax, argmax.dtype.type(k), where=better)
-        return y, (argmax, x.shape)
+        return y, MaxPoolCache((argmax, x.shape))
+
+    def _flat_winners(self, cache):
+        """The flat input index ``i*`` (int64, (n·C·ho·wo,)) of every window's winner
+        (tiling pools only), computed once per cache."""
+        if cache.winners is None:
+            argmax, x_shape = cache
+            xp = get_array_module(argmax)
+            n, c, h, w = x_shape
+            (kh, kw), (ho, wo) = self.kernel, self._out_hw(x_shape)
+            offsets = xp.asarray([a * w + b for a in range(kh) for b in range(kw)], dtype=xp.int64)
+            index = xp.take(offsets, argmax)                      # a·w + b of k* = a·kw + b
+            index += xp.arange(n * c, dtype=xp.int64).reshape(n, c, 1, 1) * (h * w)
+            index += (xp.arange(ho, dtype=xp.int64)[:, None] * (kh * w)
+                      + xp.arange(wo, dtype=xp.int64)[None, :] * kw)
+            cache.winners = index.reshape(-1)
+        return cache.winners
 
     @staticmethod
     def _forward_2x2(x):
@@ -117,6 +145,8 @@ class MaxPool2d(_Pool2d):
             return None
         xp = get_array_module(dx)
         argmax, x_shape = cache
+        if self._tiles(x_shape):                         # dy = dx.flat[i*]
+            return xp.take(dx.reshape(-1), self._flat_winners(cache)).reshape(argmax.shape)
         dxpad = pad(dx, self.padding)
         dy = None
         for k, _, _, index in self._windows(x_shape):    # dy = Σ_k [k* = k] dx_k
@@ -132,10 +162,9 @@ class MaxPool2d(_Pool2d):
             return None
         xp = get_array_module(dy)
         argmax, x_shape = cache
-        if self._tiles(x_shape):
-            dx = xp.empty(x_shape, dtype=dy.dtype)
-            for k, _, _, index in self._windows(x_shape):
-                xp.multiply(dy, argmax == k, out=dx[index])
+        if self._tiles(x_shape):                         # dx = 0;  dx.flat[i*] = dy
+            dx = xp.zeros(x_shape, dtype=dy.dtype)
+            dx.reshape(-1)[self._flat_winners(cache)] = dy.reshape(-1)
             return dx
         dxpad = self._padded_zeros(dy, x_shape)
         for k, _, _, index in self._windows(x_shape):
