@@ -344,3 +344,33 @@ def test_cupy_matches_numpy():
     x_cp = build_inputs(pres, [cp.asarray(a) for a in vecs])
     assert rel_error(x_np, x_cp) < 1e-12
     assert rel_error(Softplus().forward(v), Softplus().forward(cp.asarray(v))) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [5, 4096], ids=str)
+def test_step_without_cache_matches_cached_step(monkeypatch, chunk):
+    """``keep_cache=False`` (inference: per-block zᵀ buffers) gives the outputs and
+    states of the cached step, over several steps and row blocks,
+    also with an F-ordered input from build_inputs and an output slice."""
+    monkeypatch.setattr(CoordinateLSTM, "CHUNK", chunk)
+    rng = np.random.default_rng(7)
+    lstm = CoordinateLSTM(3, (4, 3), 1)
+    theta = lstm.init(rng) + 0.3 * rng.standard_normal(lstm.size)
+    n = 23
+    states = {True: lstm.zero_state(n), False: lstm.zero_state(n)}
+    for t in range(3):
+        x = build_inputs([Tanh(), Tanh(), Tanh()], list(rng.standard_normal((3, n))))
+        outs = {}
+        for keep in (True, False):
+            buf = np.zeros((n + 2, 1))
+            outs[keep], states[keep], cache = lstm.step(theta, states[keep], x, out=buf[1:-1],
+                                                        keep_cache=keep)
+            assert (cache is None) == (not keep)
+            assert buf[0, 0] == 0 and buf[-1, 0] == 0
+        np.testing.assert_allclose(outs[True], outs[False], rtol=1e-13)
+        for (h1, c1), (h2, c2) in zip(states[True], states[False]):
+            np.testing.assert_allclose(h1, h2, rtol=1e-13)
+            np.testing.assert_allclose(c1, c2, rtol=1e-13)
+    bank = LSTMBank({"a": lstm})
+    _, _, bank_cache = bank.step(theta, {"a": lstm.zero_state(n)}, x, {"a": slice(0, n)},
+                                 keep_cache=False)
+    assert bank_cache is None

@@ -89,12 +89,13 @@ class LSTMBank:
         return {name: lstm.zero_state(_n_rows(rows), xp, dtype)
                 for name, lstm, _, rows in self._active(row_slices)}
 
-    def step(self, theta, states: dict, x, row_slices: dict, out=None):
+    def step(self, theta, states: dict, x, row_slices: dict, out=None, keep_cache=True):
         """Run every group's LSTM on its rows of ``x`` (N, i).
 
         Returns ``(out, new_states, cache)``: ``out`` (N, o) raw outputs
         (each group writes its row slice in place), ``new_states`` keyed by
-        group, ``cache`` a :class:`BankCache`.
+        group, ``cache`` a :class:`BankCache` (``None`` with ``keep_cache=False``,
+        inference without a backward, see :meth:`CoordinateLSTM.step`).
         """
         xp = backend.get_array_module(x)
         if out is None:
@@ -102,8 +103,8 @@ class LSTMBank:
         new_states, caches = {}, {}
         for name, lstm, tsl, rows in self._active(row_slices):
             _, new_states[name], caches[name] = lstm.step(theta[tsl], states[name], x[rows],
-                                                          out=out[rows])
-        return out, new_states, BankCache(x.shape[0], caches)
+                                                          out=out[rows], keep_cache=keep_cache)
+        return out, new_states, (BankCache(x.shape[0], caches) if keep_cache else None)
 
     def backward_step(self, theta, cache: BankCache, d_out, d_states, row_slices: dict,
                       d_theta=None):

@@ -136,12 +136,15 @@ class CoordinateLSTM:
                 for h in self.hidden]
 
     # -- forward --------------------------------------------------------------
-    def step(self, theta, state, x, out=None):
+    def step(self, theta, state, x, out=None, keep_cache=True):
         """One time step for all rows.
 
         ``x`` (n, i0), ``state`` from :meth:`zero_state` or a previous step.
         Returns ``(out, new_state, cache)`` with ``out`` (n, o) the raw dense
         output, written into ``out`` if given (e.g. a row slice of a larger array).
+        ``keep_cache=False`` (inference: no backward will follow) returns
+        ``cache = None`` and builds each block's ``zᵀ`` in a small reused
+        buffer instead of full (i + h + 1, n) arrays (less memory traffic).
 
         The step runs *feature-major*: ``zᵀ`` (i + h + 1, n) and the gates
         ``aᵀ = [W | b] zᵀ`` (4h, n), so each gate is a contiguous block of rows
@@ -150,8 +153,8 @@ class CoordinateLSTM:
         runs over blocks of :attr:`CHUNK` rows, every layer and the output map
         in turn, so the gates of a block stay in the CPU cache between the
         passes.  An F-ordered ``x`` (:func:`~hfmeta.meta.preprocess.build_inputs`
-        makes one) is read as contiguous rows of ``xᵀ``.  Layer l's ``hᵀ`` is
-        written straight into the ``x`` rows of layer l + 1's ``zᵀ``; the
+        makes one) is read as contiguous rows of ``xᵀ``.  With the cache, layer
+        l's ``hᵀ`` is written straight into the ``x`` rows of layer l + 1's ``zᵀ``; the
         returned states and the cached ``z`` are (n, ·) *views* (Fortran order)
         of (·, n) arrays, so the next step reads them without a copy.
         """
@@ -160,35 +163,42 @@ class CoordinateLSTM:
         n, dtype = x.shape[0], x.dtype
         L = len(self.hidden)
         widths = (x.shape[1],) + self.hidden
-        zts = [xp.empty((widths[l] + h + 1, n), dtype=dtype) for l, h in enumerate(self.hidden)]
+        block = self.CHUNK if xp is np else max(n, 1)     # a GPU wants few, large kernels
+        z_cols = n if keep_cache else min(block, n)      # keep_cache=False: one block's zᵀ
+        zts = [xp.empty((widths[l] + h + 1, z_cols), dtype=dtype) for l, h in enumerate(self.hidden)]
         for zt in zts:
             zt[-1] = 1                               # the ones row: the bias rides in the GEMM
         cts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
-        # hᵀ of layer l lives in the first rows of zᵀ of layer l + 1 (the last layer's alone)
-        hts = [zts[l + 1][:h] for l, h in enumerate(self.hidden[:-1])]
-        hts.append(xp.empty((self.hidden[-1], n), dtype=dtype))
+        if keep_cache:
+            # hᵀ of layer l lives in the first rows of zᵀ of layer l + 1 (the last layer's alone)
+            hts = [zts[l + 1][:h] for l, h in enumerate(self.hidden[:-1])]
+            hts.append(xp.empty((self.hidden[-1], n), dtype=dtype))
+        else:
+            hts = [xp.empty((h, n), dtype=dtype) for h in self.hidden]
         w_bs = [self._scaled_w_b(xp, p, l, dtype) for l in range(L)]
         in_place = out is not None and out.T.flags.c_contiguous
         if in_place:
             y = out.T                                # (o, n): write the output in place
         else:
             y = xp.empty((self.n_outputs, n), dtype=dtype)
-        block = self.CHUNK if xp is np else max(n, 1)     # a GPU wants few, large kernels
         gates = xp.empty((max(4 * h for h in self.hidden), min(block, n)), dtype=dtype)
         xt = x.T
         for a in range(0, n, block):
             rows = slice(a, min(a + block, n))
             m = rows.stop - a
-            zts[0][:widths[0], rows] = xt[:, rows]
             for l, (h_prev, c_prev) in enumerate(state):
-                zt = zts[l][:, rows]                 # zᵀ = [x, h_prev, 1]ᵀ
+                zt = zts[l][:, rows] if keep_cache else zts[l][:, :m]   # zᵀ = [x, h_prev, 1]ᵀ
+                if l == 0:
+                    zt[:widths[0]] = xt[:, rows]
+                elif not keep_cache:
+                    zt[:widths[l]] = hts[l - 1][:, rows]
                 zt[widths[l]:-1] = h_prev[rows].T
                 self._layer_forward_t(xp, w_bs[l], self.hidden[l], zt, c_prev[rows].T,
                                       cts[l][:, rows], hts[l][:, rows], gates[:4 * self.hidden[l], :m])
             xp.matmul(p["out.weight"], hts[-1][:, rows], out=y[:, rows])
         y += p["out.bias"][:, None]
         new_state = [(ht.T, ct.T) for ht, ct in zip(hts, cts)]
-        cache = [(zt.T, c_prev) for zt, (_, c_prev) in zip(zts, state)]
+        cache = [(zt.T, c_prev) for zt, (_, c_prev) in zip(zts, state)] if keep_cache else None
         if out is None:
             return y.T, new_state, cache
         if not in_place:

@@ -134,7 +134,9 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     ``states`` (LSTM states, updated in place: ``states["s"]``, ``states["p"]``),
     ``d_prev``/``r_prev`` the previous solution and residual (``None`` at the
     start).  ``inputs`` replaces the RNN inputs by given constants (the
-    finite-difference replay of meta-training).  Returns a :class:`Direction`.
+    finite-difference replay of meta-training).  ``record`` (meta-training)
+    keeps the PCG iterates and the LSTM caches; without it (inference) both
+    are skipped and ``cache_s``/``cache_p`` are None.  Returns a :class:`Direction`.
     """
     xp = backend.get_array_module(g)
     theta_s, theta_p = nets.split(theta)
@@ -142,7 +144,8 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     d0 = zeros if d_prev is None else d_prev
     rp = zeros if r_prev is None else r_prev
     x_s = build_inputs(TANH3, (g, d0, rp)) if inputs is None else inputs[0]
-    out_s, states["s"], cache_s = nets.rnn_s.step(theta_s, states["s"], x_s, rows)
+    out_s, states["s"], cache_s = nets.rnn_s.step(theta_s, states["s"], x_s, rows,
+                                                  keep_cache=record)
     s = SOFTPLUS.forward(out_s[:, 0])
     s += nets.s_min
 
@@ -154,7 +157,8 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     P = out_p = cache_p = x_p = None
     if nets.use_rnn_p:
         x_p = build_inputs(TANH3, (g, d0, r0)) if inputs is None else inputs[1]
-        out_p, states["p"], cache_p = nets.rnn_p.step(theta_p, states["p"], x_p, rows)
+        out_p, states["p"], cache_p = nets.rnn_p.step(theta_p, states["p"], x_p, rows,
+                                                      keep_cache=record)
         P = SOFTPLUS.forward(out_p[:, 0])
         P += nets.p_min
     result = pcg(apply_A, g, x0, P, nets.n, eps=0.0, r0=r0, record=record)
