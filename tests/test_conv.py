@@ -252,3 +252,39 @@ def test_cupy_matches_numpy(variant):
     cpu, gpu = run(np), run(cp)
     for k in cpu:
         np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("variant", [(3, 1, 1, True), (3, 2, 0, False), (5, 1, "same", True),
+                                     (1, 2, 0, False)], ids=str)
+def test_lean_cache_keeps_the_input_and_gives_the_same_numbers(variant):
+    """Under ``lean_caches`` the im2col cache holds x instead of its columns; every
+    pass unfolds x again and returns exactly (bit for bit) what the full cache gives."""
+    from hfmeta.layers.base import lean_caches
+    layer = make(*variant)
+    x, p = point(layer)
+    y, full = layer.forward(p, x, True)
+    with lean_caches():
+        y_lean, lean = layer.forward(p, x, True)
+    assert full.cols is not None and full.x is None
+    assert lean.cols is None and lean.x is x and lean.x_shape == full.x_shape == x.shape
+    np.testing.assert_array_equal(y_lean, y)
+    rng = np.random.default_rng(12)
+    dx = rng.standard_normal(x.shape)
+    dp = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    dy, ddy = rng.standard_normal(y.shape), rng.standard_normal(y.shape)
+    for d_p, d_x in ((dp, dx), (dp, None), (None, dx)):
+        np.testing.assert_array_equal(layer.rop(p, lean, d_p, d_x), layer.rop(p, full, d_p, d_x))
+    for method, args in (("backward", (dy,)), ("backward_rop", (dy, dp, dx, ddy)),
+                         ("backward_rop", (dy, None, None, ddy)), ("backward_diag", (ddy ** 2,))):
+        ga = {k: np.empty_like(v) for k, v in p.items()}
+        gb = {k: np.empty_like(v) for k, v in p.items()}
+        np.testing.assert_array_equal(getattr(layer, method)(p, lean, *args, ga),
+                                      getattr(layer, method)(p, full, *args, gb))
+        for k in ga:
+            np.testing.assert_array_equal(ga[k], gb[k])
+    sa = {k: np.zeros_like(v) for k, v in p.items()}
+    sb = {k: np.zeros_like(v) for k, v in p.items()}
+    layer.sq_grad(p, lean, dy, sa)
+    layer.sq_grad(p, full, dy, sb)
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k])

@@ -204,3 +204,28 @@ def test_damping_adds_scalar_or_vector():
     Hv = curvature.hvp(lin, loss, y, v)
     np.testing.assert_allclose(curvature.operator(lin, loss, s, y, exact=True)(v), Hv + s * v,
                                rtol=1e-14)
+
+
+@pytest.mark.parametrize("zoo_name,in_shape,options", [
+    ("cnn-big", (3, 8, 8), {"channels": (4, 4, 4), "hidden": 8}),
+    ("resnet-mini", (3, 8, 8), {"width": 0.25}),
+])
+def test_lean_caches_give_the_same_products(zoo_name, in_shape, options):
+    """A linearization made under ``lean_caches`` (convolutions keep x, not its
+    columns) gives bit-for-bit the same gradient, Gv, Hv and diagonal passes."""
+    from hfmeta.layers.base import lean_caches
+    models = pytest.importorskip("hfmeta.models")
+    model = models.build(zoo_name, in_shape, 4, dtype="float64", **options)
+    rng = np.random.default_rng(4)
+    w = model.init(0) + 0.05 * rng.standard_normal(model.num_params)
+    x, y = rng.standard_normal((3,) + in_shape), rng.integers(0, 4, 3)
+    loss = SoftmaxCrossEntropy()
+    v = rng.standard_normal(w.size)
+    full = model.linearize(w, x)
+    with lean_caches():
+        lean = model.linearize(w, x)
+    dz = loss.grad(full.output, y)
+    np.testing.assert_array_equal(lean.output, full.output)
+    for fn in (lambda lin: lin.backward(dz), lambda lin: curvature.gvp(lin, loss, v, 1e-3),
+               lambda lin: curvature.hvp(lin, loss, y, v), lambda lin: lin.backward_diag(dz ** 2)):
+        np.testing.assert_array_equal(fn(lean), fn(full))

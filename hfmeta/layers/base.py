@@ -31,7 +31,36 @@ h/w spatial, o out, i in.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
+
+_LEAN = contextvars.ContextVar("hfmeta_lean_caches", default=False)
+
+
+@contextlib.contextmanager
+def lean_caches(on: bool = True):
+    """Forward passes run inside this block keep *lean* caches: a layer drops what
+    it can recompute cheaply from arrays the network keeps alive anyway, and every
+    later pass recomputes it (bit for bit the same numbers, less memory, more time).
+
+    Today: an im2col :class:`~hfmeta.layers.conv.Conv2d` caches its input (in the
+    zoo always the input batch or a ReLU output, which is cached already) instead
+    of its columns, c·kh·kw times larger; its R-op, backward and R-backward
+    unfold the input again.  MLHF meta-training, which keeps two linearizations
+    alive, runs with them.
+    """
+    token = _LEAN.set(bool(on))
+    try:
+        yield
+    finally:
+        _LEAN.reset(token)
+
+
+def lean() -> bool:
+    """True inside :func:`lean_caches`."""
+    return _LEAN.get()
 
 
 class Layer:

@@ -36,11 +36,30 @@ im2col.
 """
 from __future__ import annotations
 
-from .base import Layer, fan_in_uniform
+from .base import Layer, fan_in_uniform, lean
 from .im2col import col2im, im2col, output_size, pair
 from .spectral import SpectralPlan, conj_t
 
 ALGORITHMS = ("auto", "im2col", "fft")
+
+
+class Im2colCache(tuple):
+    """The im2col forward's cache, the pair ``(cols, x_shape)``; with lean caches
+    (:func:`hfmeta.layers.base.lean_caches`) ``cols`` is None and the input
+    ``x`` (an attribute) is unfolded again by every pass that needs the columns."""
+
+    def __new__(cls, cols, x_shape, x=None):
+        cache = super().__new__(cls, (cols, tuple(x_shape)))
+        cache.x = x
+        return cache
+
+    @property
+    def cols(self):
+        return self[0]
+
+    @property
+    def x_shape(self):
+        return self[1]
 
 
 class Conv2d(Layer):
@@ -185,9 +204,12 @@ class Conv2d(Layer):
         return self.plan.image(DX, x.shape[2:])
 
     def _unfolded(self, cache):
-        """``(cols, x_shape)`` of either algorithm's cache (the FFT unfolds x on demand)."""
+        """``(cols, x_shape)`` of either algorithm's cache (the FFT and a lean im2col
+        cache unfold x on demand)."""
         if self.plan is None:
-            return cache
+            if cache.cols is None:
+                return self._cols(cache.x), cache.x_shape
+            return cache.cols, cache.x_shape
         x = cache[2]
         return self._cols(x), x.shape
 
@@ -196,28 +218,30 @@ class Conv2d(Layer):
         if self.plan is not None:
             return self._fft_forward(p, x)
         cols = self._cols(x)
-        return self._image(self._apply(p, cols), x.shape), (cols, x.shape)
+        y = self._image(self._apply(p, cols), x.shape)
+        return y, (Im2colCache(None, x.shape, x) if lean() else Im2colCache(cols, x.shape))
 
     def rop(self, p, cache, dp, dx):
         if dp is None and dx is None:
             return None
         if self.plan is not None:
             return self._fft_rop(p, cache, dp, dx)
-        cols, x_shape = cache
+        x_shape = cache.x_shape
         if dx is None:
-            dY = self._apply(dp, cols)
+            dY = self._apply(dp, self._unfolded(cache)[0])
         else:
             dY = self._w(p) @ self._cols(dx)
             if dp is not None:
-                dY += self._apply(dp, cols)
+                dY += self._apply(dp, self._unfolded(cache)[0])
         return self._image(dY, x_shape)
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward(p, cache, dy, dp_out, need_dx)
-        cols, x_shape = cache
+        cols, x_shape = self._unfolded(cache)
         dY = self._matrix(dy)
         self._weight_grad(dY, cols, dp_out["weight"])
+        del cols                                # recomputed ones (lean cache) go now
         if self.bias:
             dp_out["bias"][...] = dY.sum(axis=1)
         if not need_dx:
@@ -227,9 +251,10 @@ class Conv2d(Layer):
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
-        cols, x_shape = cache
+        cols, x_shape = self._unfolded(cache)
         dY, ddY = self._matrix(dy), self._matrix(ddy)
         ddW = ddY @ cols.T
+        del cols
         if dx is not None:
             ddW += dY @ self._cols(dx).T
         ddp_out["weight"][...] = ddW.reshape(ddp_out["weight"].shape)
