@@ -105,6 +105,18 @@ class Linearization:
         self.p = model.layout.views(w)
         self.output, self.cache = model.net.forward(self.p, x, train, state)
 
+    def first(self, size: int) -> "Linearization":
+        """The linearization at ``(w, x[:size])`` made from this one's caches (no
+        forward pass): every layer slices its cache to the first ``size``
+        examples (:meth:`hfmeta.layers.base.Layer.slice_cache`).  Raises
+        ``NotImplementedError`` when a layer's cache couples the examples
+        (batch norm in train mode): then run ``model.linearize`` on the sub-batch."""
+        sub = Linearization.__new__(Linearization)
+        sub.model, sub.w, sub.x, sub.train, sub.p = self.model, self.w, self.x[:size], self.train, self.p
+        sub.cache = self.model.net.slice_cache(self.cache, size)
+        sub.output = self.output[:size]
+        return sub
+
     def _flat(self, like):
         """An uninitialised flat vector like ``w``, on ``like``'s device (every
         pass that fills one overwrites all of it)."""

@@ -21,6 +21,9 @@ class ReLU(Layer):
         y = xp.maximum(x, 0)     # one pass; keeps dtype (a Python 0 does not promote)
         return y, y
 
+    def slice_cache(self, cache, size):
+        return cache[:size]                      # the output y
+
     def rop(self, p, cache, dp, dx):
         if dx is None:
             return None

@@ -102,6 +102,13 @@ class Layer:
     def rop(self, p, cache, dp, dx):
         raise NotImplementedError
 
+    def slice_cache(self, cache, size: int):
+        """The cache this layer's forward would have kept for the first ``size``
+        examples of the batch, from the whole batch's ``cache`` (views where
+        possible).  Default: ``NotImplementedError`` -- a layer whose cache
+        couples the examples (batch norm in train mode) cannot be sliced."""
+        raise NotImplementedError(f"{type(self).__name__} cannot slice its cache")
+
     def backward(self, p, cache, dy, dp_out, need_dx: bool = True):
         raise NotImplementedError
 

@@ -110,6 +110,9 @@ class Sequential(Composite):
             caches.append(cache)
         return x, caches
 
+    def slice_cache(self, cache, size):
+        return [layer.slice_cache(c, size) for (_, layer), c in zip(self.children, cache)]
+
     def rop(self, p, cache, dp, dx):
         return self.rop_inputs(p, cache, dp, dx)[1]
 

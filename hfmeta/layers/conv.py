@@ -213,6 +213,18 @@ class Conv2d(Layer):
         x = cache[2]
         return self._cols(x), x.shape
 
+    def slice_cache(self, cache, size):
+        """The first ``size`` examples: spectra X̂[:, :size] and x[:size] (FFT); the
+        first size·ho·wo im2col columns (example-major), or x[:size] when lean."""
+        if self.plan is not None:
+            X, Wk, x = cache
+            return X[:, :size], Wk, x[:size]
+        x_shape = (size,) + tuple(cache.x_shape[1:])
+        if cache.cols is None:
+            return Im2colCache(None, x_shape, cache.x[:size])
+        per_example = cache.cols.shape[1] // cache.x_shape[0]
+        return Im2colCache(cache.cols[:, :size * per_example], x_shape)
+
     # -- derivatives ----------------------------------------------------------
     def forward(self, p, x, train, state=None):
         if self.plan is not None:

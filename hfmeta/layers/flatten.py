@@ -13,6 +13,9 @@ class Flatten(Layer):
     def forward(self, p, x, train, state=None):
         return x.reshape(x.shape[0], -1), x.shape
 
+    def slice_cache(self, cache, size):
+        return (size,) + tuple(cache[1:])        # x's shape
+
     def rop(self, p, cache, dp, dx):
         return None if dx is None else dx.reshape(dx.shape[0], -1)
 

@@ -49,6 +49,9 @@ class Linear(Layer):
             y += p["bias"]
         return y, x
 
+    def slice_cache(self, cache, size):
+        return cache[:size]                      # the input x
+
     def rop(self, p, cache, dp, dx):
         x = cache
         dy = None

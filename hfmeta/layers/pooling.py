@@ -116,6 +116,13 @@ class MaxPool2d(_Pool2d):
             cache.winners = index.reshape(-1)
         return cache.winners
 
+    def slice_cache(self, cache, size):
+        argmax, x_shape = cache
+        sliced = MaxPoolCache((argmax[:size], (size,) + tuple(x_shape[1:])))
+        if cache.winners is not None:            # example-major: the first size·c·ho·wo entries
+            sliced.winners = cache.winners[:size * argmax[0].size]
+        return sliced
+
     @staticmethod
     def _forward_2x2(x):
         """``(y, k*)`` of the tiling 2×2 pool in two halving passes: the max of each
@@ -201,6 +208,9 @@ class AvgPool2d(_Pool2d):
     def forward(self, p, x, train, state=None):
         return self._pool(x, self._scale()), x.shape
 
+    def slice_cache(self, cache, size):
+        return (size,) + tuple(cache[1:])        # x's shape
+
     def rop(self, p, cache, dp, dx):
         return None if dx is None else self._pool(dx, self._scale())
 
@@ -227,6 +237,9 @@ class GlobalAvgPool(Layer):
 
     def forward(self, p, x, train, state=None):
         return x.mean(axis=(2, 3)), x.shape
+
+    def slice_cache(self, cache, size):
+        return (size,) + tuple(cache[1:])        # x's shape
 
     def rop(self, p, cache, dp, dx):
         return None if dx is None else dx.mean(axis=(2, 3))
