@@ -180,7 +180,8 @@ def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
 
     def once():
         states = nets.zero_states(rows, xp, model.dtype)
-        return unroll(nets, theta, problem, w, states, None, None, batches, rows)
+        return unroll(nets, theta, problem, w, states, None, None, batches, rows,
+                      record=False)             # as MetaTrainer.meta_step
 
     now = CLOCKS[clock]
     if xp is np:

@@ -117,6 +117,29 @@ def test_training_one_meta_net_gives_the_same_partial_gradient():
         assert not part[zero].any() and full[zero].any()
 
 
+def test_unroll_without_record_gives_the_same_result_and_keeps_no_constants():
+    """``record=False`` (meta-training) keeps only the noise and softmax weights."""
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(T=2)
+    runs = []
+    for record in (True, False):
+        st = copy.deepcopy(states)
+        runs.append((unroll(nets, theta, problem, w, st, d_prev, r_prev, batches, rows,
+                            clip=clip, noise=noise, record=record), st))
+    (full, st_full), (lean, st_lean) = runs
+    assert (lean.l_s, lean.l_p) == (full.l_s, full.l_p)
+    for a, b in ((lean.grad, full.grad), (lean.w, full.w), (lean.d_prev, full.d_prev),
+                 (lean.r_prev, full.r_prev), (lean.frozen.ls_weights, full.frozen.ls_weights)):
+        np.testing.assert_array_equal(a, b)
+    assert lean.frozen.noise == full.frozen.noise == noise
+    assert not (lean.frozen.w or lean.frozen.d_prev or lean.frozen.r_prev or lean.frozen.inputs)
+    assert len(full.frozen.w) == 2
+    for rnn in st_full:
+        for kind in st_full[rnn]:
+            for (h, c), (h2, c2) in zip(st_full[rnn][kind], st_lean[rnn][kind]):
+                np.testing.assert_array_equal(h, h2)
+                np.testing.assert_array_equal(c, c2)
+
+
 class _RandomStream:
     batch_size = 4
 

@@ -93,7 +93,7 @@ def clip_step_vjp(d, scale, y):
 
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
            clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
-           train="sp"):
+           train="sp", record=True):
     """Run T = ``len(batches) − 1`` MLHF steps and (optionally) their meta-gradient.
 
     ``train`` names the meta-nets that get a gradient ("s", "p" or "sp"); the
@@ -104,7 +104,9 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     step factors (None: no noise).  With ``frozen`` (a :class:`Frozen` of an
     earlier call) the stop-gradient quantities are taken from it instead of
     the run: this is the function whose finite differences the meta-gradient
-    must match.  Returns an :class:`UnrollResult`.
+    must match.  ``record=False`` keeps only the noise and the softmax weights
+    in the result's :class:`Frozen` (no w^t, d_0^t, r_0^t, RNN inputs: T·(3 + 6)
+    flat vectors that meta-training never reads).  Returns an :class:`UnrollResult`.
     """
     xp = backend.get_array_module(theta)
     T = len(batches) - 1
@@ -134,10 +136,11 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
                               record=True, inputs=None if frozen is None else frozen.inputs[t])
         d, r = dirn.pcg.x, dirn.pcg.r
         if frozen is None:
-            rec.w.append(w)
-            rec.d_prev.append(d_prev)
-            rec.r_prev.append(r_prev)
-            rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
+            if record:
+                rec.w.append(w)
+                rec.d_prev.append(d_prev)
+                rec.r_prev.append(r_prev)
+                rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
             rec.noise.append(1.0 if noise is None else noise[t])
         caches_s.append(dirn.cache_s)
         caches_p.append(dirn.cache_p)
@@ -182,6 +185,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     l_s = ls_weight * float(np.dot(weights, ls_vals))
     l_p = float(np.mean(lp_vals))
     grad = None
+    del lin_t                           # w^T's linearization: not needed for the BPTT
     if backward:
         grad = xp.zeros_like(theta)
         grad_s, grad_p = nets.split(grad)
@@ -189,6 +193,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
             for t in range(T):
                 dout_s[t] *= ls_weight * weights[t]
             grad_s[...] = nets.rnn_s.backward(theta_s, caches_s, dout_s, rows)[0]
+        del caches_s[:], dout_s[:]      # RNN_s's caches go before RNN_p's BPTT
         if need_p:
             grad_p[...] = nets.rnn_p.backward(theta_p, caches_p, dout_p, rows)[0]
     stats = {"l_s": l_s, "l_p": l_p, "residual": float(np.mean(res_norms)),
@@ -258,7 +263,7 @@ class MetaTrainer:
         t0 = time.perf_counter()
         res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
                      self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
-                     train=self.train)
+                     train=self.train, record=False)
         theta = self.theta.copy()
         theta[self.trained], grad_norm = self.adam.update(theta[self.trained],
                                                           res.grad[self.trained])
@@ -289,7 +294,8 @@ class MetaTrainer:
             batches = [self.batches.batch_at(10 ** 6 + k * (self.T + 1) + t)
                        for t in range(self.T + 1)]
             res = unroll(self.nets, theta, self.problem, w, states, None, None, batches,
-                         self.rows, lr=1.0, clip=self.clip, noise=None, backward=False)
+                         self.rows, lr=1.0, clip=self.clip, noise=None, backward=False,
+                         record=False)
             for key in out:
                 out[key].append(res.stats[key])
         return {key: float(np.mean(v)) for key, v in out.items()}
