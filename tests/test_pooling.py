@@ -145,3 +145,43 @@ def test_tiling_maxpool_gather_scatter_match_tap_loops(k, in_hw):
     results = gradcheck.check_map(repr(layer), *gradcheck.layer_map(layer, (3,) + in_hw, batch=2))
     gradcheck.assert_all_ok(results)
     assert max(r.rel_error for r in results) < 1e-8
+
+
+@pytest.mark.parametrize("pool_k", [2, 3], ids=str)
+def test_sequential_fuses_relu_and_tiling_maxpool(pool_k):
+    """Sequential runs ReLU -> tiling MaxPool2d as one gather (R-op) and one
+    scatter (backward) with the ReLU mask only at the winners: the same numbers
+    as the layers one by one, also on the (o, n, h, w)-strided output of an
+    im2col convolution and on a sliced sub-batch cache."""
+    from hfmeta.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+    net = Sequential([("conv", Conv2d(4, 3, padding=1)), ("relu", ReLU()),
+                      ("pool", MaxPool2d(pool_k)), ("flatten", Flatten()), ("fc", Linear(3))])
+    in_shape = (2, 6, 6)
+    net.build(in_shape)
+    rng = np.random.default_rng(6)
+    p = {f"{name}.{k}": v for name, layer in net.children
+         for k, v in layer.init_params(rng).items()}
+    x = rng.standard_normal((5,) + in_shape)
+    x[:, :, :2] = 0.0                                          # ReLU zeros and winner ties
+    z, cache = net.forward(p, x, True)
+    assert not cache[1].flags.c_contiguous                     # NCHW view of (o, n, h, w)
+    dp = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    dz = rng.standard_normal(z.shape)
+
+    def one_by_one(cache, dp, dz, n):
+        dx = None
+        for (name, layer), c in zip(net.children, cache):
+            dx = layer.rop(net.sub(p, name), c, net.sub(dp, name) or None, dx)
+        grads, dy = {k: np.empty_like(v) for k, v in p.items()}, dz
+        for (name, layer), c in reversed(list(zip(net.children, cache))):
+            dy = layer.backward(net.sub(p, name), c, dy, net.sub(grads, name), True)
+        return dx, grads, dy
+
+    for c, n, d in [(cache, 5, dz), (net.slice_cache(cache, 2), 2, dz[:2])]:
+        ref_rop, ref_grads, ref_dx = one_by_one(c, dp, d, n)
+        np.testing.assert_allclose(net.rop(p, c, dp, None), ref_rop, rtol=1e-14, atol=1e-15)
+        grads = {k: np.empty_like(v) for k, v in p.items()}
+        dx = net.backward(p, c, d, grads, True)
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-14, atol=1e-15)
+        for k in p:
+            np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-13, atol=1e-15)

@@ -17,7 +17,9 @@ layers before its first parameter.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from .activations import ReLU
 from .base import Layer
+from .pooling import MaxPool2d
 
 
 class Composite(Layer):
@@ -113,8 +115,30 @@ class Sequential(Composite):
     def slice_cache(self, cache, size):
         return [layer.slice_cache(c, size) for (_, layer), c in zip(self.children, cache)]
 
+    def _relu_pool(self, k, cache):
+        """True when child k is a ReLU feeding child k + 1, a tiling max pool: their
+        R-op and backward run fused (the ReLU's mask only at the pool's winners,
+        :meth:`MaxPool2d.rop_after_relu`, :meth:`MaxPool2d.backward_before_relu`)."""
+        if k < 0 or k + 1 >= len(self.children):
+            return False
+        relu, pool = self.children[k][1], self.children[k + 1][1]
+        return (isinstance(relu, ReLU) and isinstance(pool, MaxPool2d)
+                and pool._tiles(cache[k + 1][1]))
+
     def rop(self, p, cache, dp, dx):
-        return self.rop_inputs(p, cache, dp, dx)[1]
+        k = 0
+        while k < len(self.children):
+            name, layer = self.children[k]
+            dpk = self.sub(dp, name)
+            if dx is None and not dpk:
+                k += 1                       # zero direction in, zero direction out
+            elif dx is not None and self._relu_pool(k, cache):
+                dx = self.children[k + 1][1].rop_after_relu(cache[k + 1], cache[k], dx)
+                k += 2
+            else:
+                dx = layer.rop(self.sub(p, name), cache[k], dpk or None, dx)
+                k += 1
+        return dx
 
     def rop_inputs(self, p, cache, dp, dx):
         """R-op that also returns each child's input direction: ``(dxs, dy)`` (``None`` = zero)."""
@@ -140,14 +164,21 @@ class Sequential(Composite):
         ``dys`` (a list) receives each child's output cotangent if given.
         """
         first_param = self._first_param()
-        for k in range(len(self.children) - 1, -1, -1):
+        k = len(self.children) - 1
+        while k >= 0:
             name, layer = self.children[k]
             if dys is not None:
                 dys[k] = dy
             need = need_dx or k > first_param
+            if (method == "backward" and dys is None and (need_dx or k - 1 > first_param)
+                    and self._relu_pool(k - 1, cache)):        # ReLU, then a tiling max pool
+                dy = layer.backward_before_relu(cache[k], cache[k - 1], dy)
+                k -= 2
+                continue
             dy = getattr(layer, method)(self.sub(p, name), cache[k], dy, self.sub(out, name), need)
             if dy is None:
                 return None
+            k -= 1
         return dy
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):

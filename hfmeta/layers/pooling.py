@@ -64,9 +64,31 @@ class _Pool2d(Layer):
 
 
 class MaxPoolCache(tuple):
-    """``(argmax, x_shape)`` of a :class:`MaxPool2d` forward; ``winners`` keeps the
-    flat winner index of a tiling pool once a derivative pass computed it."""
+    """``(argmax, x_shape)`` of a :class:`MaxPool2d` forward.  A tiling pool's
+    derivative passes memoise here: ``winners`` {element strides: flat winner
+    index} and ``relu_mask`` (the mask of a ReLU just before the pool, at the
+    winners)."""
     winners = None
+    relu_mask = None
+
+
+def _dense_view(a):
+    """``(flat view, element strides)`` when ``a``'s elements fill one contiguous
+    block in some axis order (C order, or an NCHW view of an (o, n, h, w) array
+    such as an im2col convolution's output), else None."""
+    order = sorted(range(a.ndim), key=lambda d: a.strides[d], reverse=True)
+    t = a.transpose(order)
+    if not t.flags.c_contiguous:
+        return None
+    return t.reshape(-1), tuple(s // a.itemsize for s in a.strides)
+
+
+def _flat(a):
+    """:func:`_dense_view` of ``a``, or of a C-ordered copy when ``a`` is not dense."""
+    view = _dense_view(a)
+    if view is None:
+        view = _dense_view(get_array_module(a).ascontiguousarray(a))
+    return view
 
 
 class MaxPool2d(_Pool2d):
@@ -77,10 +99,13 @@ class MaxPool2d(_Pool2d):
     When the windows tile the input exactly (stride = kernel, no padding,
     h = ho·kh, w = wo·kw: the usual 2/2 pool) every input position lies in
     one window, so the winners' flat input positions
-    ``i* = ((n·C + c)·h + kh·i + a)·w + kw·j + b`` (k* = a·kw + b) are unique:
-    the R-op is one gather ``dy = dx.flat[i*]`` and the backward one scatter
-    ``dx = 0;  dx.flat[i*] = dy``.  ``i*`` is computed on first use and kept
-    in the cache (a Gauss-Newton solve reuses it in every product).
+    ``i* = ((n·C + c)·h + kh·i + a)·w + kw·j + b`` (k* = a·kw + b; in C
+    order, or with the element strides of a transposed but dense input) are
+    unique: the R-op is one gather ``dy = dx.flat[i*]`` and the backward one
+    scatter ``dx = 0;  dx.flat[i*] = dy``.  ``i*`` is computed on first use and
+    kept in the cache (a Gauss-Newton solve reuses it in every product).  A
+    ReLU just before such a pool fuses with it in :class:`Sequential`
+    (:meth:`rop_after_relu`, :meth:`backward_before_relu`).
     """
 
     def forward(self, p, x, train, state=None):
@@ -100,27 +125,72 @@ class MaxPool2d(_Pool2d):
             xp.copyto(argmax, argmax.dtype.type(k), where=better)
         return y, MaxPoolCache((argmax, x.shape))
 
-    def _flat_winners(self, cache):
-        """The flat input index ``i*`` (int64, (n·C·ho·wo,)) of every window's winner
-        (tiling pools only), computed once per cache."""
+    def _winners(self, cache, strides):
+        """Flat positions ``i*`` (int64, (n·C·ho·wo,), output in C order) of the
+        windows' winners in an input laid out with element ``strides``
+        (s_n, s_c, s_h, s_w): ``n s_n + c s_c + (kh i + a) s_h + (kw j + b) s_w``
+        for k* = a·kw + b (tiling pools only); computed once per cache and layout."""
         if cache.winners is None:
+            cache.winners = {}
+        if strides not in cache.winners:
             argmax, x_shape = cache
             xp = get_array_module(argmax)
-            n, c, h, w = x_shape
+            n, c, _, _ = x_shape
+            s_n, s_c, s_h, s_w = strides
             (kh, kw), (ho, wo) = self.kernel, self._out_hw(x_shape)
-            offsets = xp.asarray([a * w + b for a in range(kh) for b in range(kw)], dtype=xp.int64)
-            index = xp.take(offsets, argmax)                      # a·w + b of k* = a·kw + b
-            index += xp.arange(n * c, dtype=xp.int64).reshape(n, c, 1, 1) * (h * w)
-            index += (xp.arange(ho, dtype=xp.int64)[:, None] * (kh * w)
-                      + xp.arange(wo, dtype=xp.int64)[None, :] * kw)
-            cache.winners = index.reshape(-1)
-        return cache.winners
+            offsets = xp.asarray([a * s_h + b * s_w for a in range(kh) for b in range(kw)],
+                                 dtype=xp.int64)
+            index = xp.take(offsets, argmax)                      # of k* = a·kw + b
+            index += (xp.arange(n, dtype=xp.int64)[:, None] * s_n
+                      + xp.arange(c, dtype=xp.int64)[None, :] * s_c)[:, :, None, None]
+            index += (xp.arange(ho, dtype=xp.int64)[:, None] * (kh * s_h)
+                      + xp.arange(wo, dtype=xp.int64)[None, :] * (kw * s_w))
+            cache.winners[strides] = index.reshape(-1)
+        return cache.winners[strides]
+
+    def _relu_mask(self, cache, relu_out):
+        """``[relu_out.flat[i*] > 0]`` (dtype of ``relu_out``, output C order), once per cache."""
+        if cache.relu_mask is None:
+            xp = get_array_module(relu_out)
+            flat, strides = _flat(relu_out)
+            cache.relu_mask = (xp.take(flat, self._winners(cache, strides)) > 0).astype(relu_out.dtype)
+        return cache.relu_mask
+
+    def rop_after_relu(self, cache, relu_out, dx):
+        """R-op of ReLU then this (tiling) pool, given the ReLU's cache ``relu_out``:
+        ``dy = dx.flat[i*] ⊙ [relu_out.flat[i*] > 0]`` -- the ReLU's mask is
+        needed only at the winners (:class:`~hfmeta.layers.container.Sequential`
+        fuses the pair)."""
+        xp = get_array_module(dx)
+        flat, strides = _flat(dx)
+        dy = xp.take(flat, self._winners(cache, strides))
+        dy *= self._relu_mask(cache, relu_out)
+        return dy.reshape(cache[0].shape)
+
+    def backward_before_relu(self, cache, relu_out, dy):
+        """Backward through this (tiling) pool and the ReLU before it: the ReLU's
+        input cotangent ``dx = 0;  dx.flat[i*] = dy ⊙ [relu_out.flat[i*] > 0]``,
+        laid out like ``relu_out`` (an im2col convolution before it then reads
+        its (o, n·L) matrix without a copy)."""
+        xp = get_array_module(dy)
+        dx = xp.zeros_like(relu_out)
+        view = _dense_view(dx)
+        if view is None:
+            dx = xp.zeros(relu_out.shape, dtype=relu_out.dtype)
+            view = _dense_view(dx)
+        flat, strides = view
+        flat[self._winners(cache, strides)] = dy.reshape(-1) * self._relu_mask(cache, relu_out)
+        return dx
 
     def slice_cache(self, cache, size):
         argmax, x_shape = cache
         sliced = MaxPoolCache((argmax[:size], (size,) + tuple(x_shape[1:])))
-        if cache.winners is not None:            # example-major: the first size·c·ho·wo entries
-            sliced.winners = cache.winners[:size * argmax[0].size]
+        per_example = argmax[0].size             # C order: the first size·c·ho·wo entries
+        c_order = (x_shape[1] * x_shape[2] * x_shape[3], x_shape[2] * x_shape[3], x_shape[3], 1)
+        if cache.winners is not None and c_order in cache.winners:
+            sliced.winners = {c_order: cache.winners[c_order][:size * per_example]}
+        if cache.relu_mask is not None:
+            sliced.relu_mask = cache.relu_mask[:size * per_example]
         return sliced
 
     @staticmethod
@@ -153,7 +223,8 @@ class MaxPool2d(_Pool2d):
         xp = get_array_module(dx)
         argmax, x_shape = cache
         if self._tiles(x_shape):                         # dy = dx.flat[i*]
-            return xp.take(dx.reshape(-1), self._flat_winners(cache)).reshape(argmax.shape)
+            flat, strides = _flat(dx)
+            return xp.take(flat, self._winners(cache, strides)).reshape(argmax.shape)
         dxpad = pad(dx, self.padding)
         dy = None
         for k, _, _, index in self._windows(x_shape):    # dy = Σ_k [k* = k] dx_k
@@ -171,7 +242,8 @@ class MaxPool2d(_Pool2d):
         argmax, x_shape = cache
         if self._tiles(x_shape):                         # dx = 0;  dx.flat[i*] = dy
             dx = xp.zeros(x_shape, dtype=dy.dtype)
-            dx.reshape(-1)[self._flat_winners(cache)] = dy.reshape(-1)
+            flat, strides = _dense_view(dx)
+            flat[self._winners(cache, strides)] = dy.reshape(-1)
             return dx
         dxpad = self._padded_zeros(dy, x_shape)
         for k, _, _, index in self._windows(x_shape):
