@@ -99,26 +99,58 @@ class SpectralPlan:
         return xp.ascontiguousarray(mhwk.transpose(0, 3, 1, 2))
 
     # -- kernels: (o, c, kh, kw) real <-> (B, o, c) spectrum -------------------
+    # The shifted kernel has only kh·kw non-zero taps, at rows r_a = (a − ph) mod Sh
+    # and columns c_b = (b − pw) mod Sw, so both kernel transforms are small
+    # matrix products with DFT tables instead of transforms of the whole grid:
+    #   Ŵ[u, v] = Σ_{a,b} e^{−2πi u r_a/Sh} e^{−2πi v c_b/Sw} W[a, b]            (u < Sh, v < F)
+    #   W̄[a, b] = Σ_v ω_v Re(e^{2πi v c_b/Sw} Σ_u e^{2πi u r_a/Sh} Ĝ[u, v])   (ω_v = 1 for
+    #             v = 0 and the Nyquist column of an even Sw, else 2: the real inverse)
+
+    def _tables(self, xp, dtype):
+        """``(E_h (Sh, kh), E_w (F, kw), D_h (kh, Sh), C_w (kw, F), S_w (kw, F))``,
+        the DFT tables above (complex for ``dtype``'s precision), cached per array
+        module and dtype."""
+        import numpy as np
+        key = (xp.__name__, np.dtype(dtype).str)
+        cache = self.__dict__.setdefault("_table_cache", {})
+        if key not in cache:
+            (Sh, Sw), (kh, kw), (ph, pw) = self.grid, self.kernel, self.padding
+            rows = np.array([(a - ph) % Sh for a in range(kh)])
+            cols = np.array([(b - pw) % Sw for b in range(kw)])
+            u, v = np.arange(Sh), np.arange(self.cols)
+            ang_h = 2 * np.pi * ((u[:, None] * rows[None, :]) % Sh) / Sh      # (Sh, kh)
+            ang_w = 2 * np.pi * ((v[:, None] * cols[None, :]) % Sw) / Sw      # (F, kw)
+            weight = np.where((v == 0) | (2 * v == Sw), 1.0, 2.0)[None, :]    # ω_v
+            cos_w, sin_w = np.cos(ang_w).T * weight, np.sin(ang_w).T * weight   # (kw, F)
+            sin_w[:, (v == 0) | (2 * v == Sw)] = 0.0    # the real inverse drops Im at DC, Nyquist
+            cplx = np.result_type(np.dtype(dtype), np.complex64)
+            real = np.finfo(cplx).dtype
+            cache[key] = (xp.asarray(np.exp(-1j * ang_h), dtype=cplx),
+                          xp.asarray(np.exp(-1j * ang_w), dtype=cplx),
+                          xp.asarray(np.exp(1j * ang_h).T, dtype=cplx),
+                          xp.asarray(cos_w, dtype=real), xp.asarray(sin_w, dtype=real))
+        return cache[key]
+
     def kernel_spectrum(self, W):
         """Unnormalised spectrum of the shifted kernel W', as (B, o, c)."""
         xp = get_array_module(W)
         o, c, kh, kw = W.shape
-        shifted = xp.zeros(self.grid + (o, c), dtype=W.dtype)
-        shifted[:kh, :kw] = W.transpose(2, 3, 0, 1)
-        shifted = xp.roll(shifted, (-self.padding[0], -self.padding[1]), axis=(0, 1))
-        spec = xp.fft.rfftn(shifted, axes=(0, 1), norm="ortho")        # × √N: unnormalised
-        spec *= self.root_n
+        E_h, E_w, _, _, _ = self._tables(xp, W.dtype)
+        taps = W.reshape(o * c, kh, kw).transpose(1, 2, 0).astype(E_w.dtype)  # (kh, kw, o·c)
+        cols = E_w @ taps                                                     # (kh, F, o·c)
+        spec = E_h @ cols.reshape(kh, -1)                                     # (Sh, F·o·c)
         return spec.reshape(self.bins, o, c)
 
     def kernel_from(self, spec):
         """W̄ (o, c, kh, kw) from ``Σ conj(ȳ̂)ᵀ X̂`` of ortho spectra, (B, o, c)."""
         xp = get_array_module(spec)
         _, o, c = spec.shape
-        shifted = xp.fft.irfftn(spec.reshape(self.grid[0], self.cols, o, c), s=self.grid,
-                                axes=(0, 1), norm="ortho")             # × √N: unnormalised
-        shifted = xp.roll(shifted, self.padding, axis=(0, 1))
-        out = shifted[:self.kernel[0], :self.kernel[1]].transpose(2, 3, 0, 1)
-        return out * self.root_n
+        kh, kw = self.kernel
+        _, _, D_h, C_w, S_w = self._tables(xp, spec.real.dtype)
+        Z = (D_h @ spec.reshape(self.grid[0], -1)).reshape(kh, self.cols, o * c)   # (kh, F, o·c)
+        out = C_w @ xp.ascontiguousarray(Z.real)                             # (kh, kw, o·c)
+        out -= S_w @ xp.ascontiguousarray(Z.imag)
+        return out.reshape(kh, kw, o, c).transpose(2, 3, 0, 1)
 
 
 def conj_t(a):
