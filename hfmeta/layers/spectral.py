@@ -34,10 +34,11 @@ adjoints' partners, and the identity above holds for every W)::
 images are recovered with ``norm="ortho"`` while the kernel spectrum is
 unnormalised (``X̂ = √N X_o`` with N = Sh·Sw, so ``irfft2(conj(Ŵ) X̂) =
 irfft2_ortho(conj(Ŵ) X_o)``); the kernel gradient, a sum of products of two
-ortho spectra, is recovered with the unnormalised inverse.  Every transform
-runs with ``norm="ortho"`` and the kernel's are scaled by √N afterwards:
-NumPy's pocketfft runs ortho transforms of float32 data about three times
-faster than unnormalised ones.
+ortho spectra, is recovered with the unnormalised inverse.  Signal and image
+transforms run with ``norm="ortho"`` (NumPy's pocketfft runs ortho transforms
+of float32 data about three times faster than unnormalised ones); the kernel
+transforms, which touch only the kh·kw taps of the shifted kernel, are small
+products with DFT tables (:meth:`SpectralPlan.kernel_spectrum`).
 
 **Layout.**  Spectra are kept as (B, n, c) arrays -- frequency first -- so
 every product is one batched complex GEMM.  The transforms run over the
