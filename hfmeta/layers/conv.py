@@ -203,7 +203,7 @@ class Conv2d(Layer):
             DX += DY @ self.plan.kernel_spectrum(dp["weight"])
         return self.plan.image(DX, x.shape[2:])
 
-    def _unfolded(self, cache):
+    def unfolded(self, cache):
         """``(cols, x_shape)`` of either algorithm's cache (the FFT and a lean im2col
         cache unfold x on demand)."""
         if self.plan is None:
@@ -240,17 +240,17 @@ class Conv2d(Layer):
             return self._fft_rop(p, cache, dp, dx)
         x_shape = cache.x_shape
         if dx is None:
-            dY = self._apply(dp, self._unfolded(cache)[0])
+            dY = self._apply(dp, self.unfolded(cache)[0])
         else:
             dY = self._w(p) @ self._cols(dx)
             if dp is not None:
-                dY += self._apply(dp, self._unfolded(cache)[0])
+                dY += self._apply(dp, self.unfolded(cache)[0])
         return self._image(dY, x_shape)
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward(p, cache, dy, dp_out, need_dx)
-        cols, x_shape = self._unfolded(cache)
+        cols, x_shape = self.unfolded(cache)
         dY = self._matrix(dy)
         self._weight_grad(dY, cols, dp_out["weight"])
         del cols                                # recomputed ones (lean cache) go now
@@ -263,7 +263,7 @@ class Conv2d(Layer):
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
-        cols, x_shape = self._unfolded(cache)
+        cols, x_shape = self.unfolded(cache)
         dY, ddY = self._matrix(dy), self._matrix(ddy)
         ddW = ddY @ cols.T
         del cols
@@ -280,7 +280,7 @@ class Conv2d(Layer):
         return self._col2im(dcols, x_shape)
 
     def sq_grad(self, p, cache, dy, sq_out):
-        cols, x_shape = self._unfolded(cache)
+        cols, x_shape = self.unfolded(cache)
         n = x_shape[0]
         dy3 = dy.reshape(n, self.out_channels, -1)                       # (n, o, L)
         cols3 = cols.reshape(cols.shape[0], n, -1).transpose(1, 2, 0)    # (n, L, K) view
@@ -291,7 +291,7 @@ class Conv2d(Layer):
             sq_out["bias"] += (gb * gb).sum(axis=0)
 
     def backward_diag(self, p, cache, d2y, d2p_out, need_dx=True):
-        cols, x_shape = self._unfolded(cache)
+        cols, x_shape = self.unfolded(cache)
         d2Y = self._matrix(d2y)
         self._weight_grad(d2Y, cols * cols, d2p_out["weight"])
         if self.bias:

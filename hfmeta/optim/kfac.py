@@ -90,7 +90,7 @@ def patches_and_cotangents(layer, cache, dy):
     """``(X, S)``: inputs as columns X (K, N) and output cotangents S (o, N), N = n·|T|."""
     if isinstance(layer, Linear):
         return cache.T, dy.T
-    cols, _ = cache                                   # conv: im2col columns (K, n·L)
+    cols, _ = layer.unfolded(cache)                   # conv: im2col columns (K, n·L), either algorithm
     return cols, dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
 
 
