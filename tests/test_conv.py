@@ -1,4 +1,5 @@
-"""Conv2d and im2col: finite-difference checks (float64) and naive reference loops."""
+"""Conv2d with both algorithms -- im2col (hfmeta.layers.im2col) and the Fourier domain
+(hfmeta.layers.spectral) -- : finite-difference checks (float64) and naive reference loops."""
 import numpy as np
 import pytest
 
