@@ -280,6 +280,17 @@ def test_bank_routes_rows_to_their_own_group():
         np.testing.assert_array_equal(out, outs[-1][ROWS[name]])
 
 
+def test_bank_backward_consume_gives_the_same_gradient_and_frees_the_caches():
+    bank, theta0, xs = _bank_point(1)
+    U = list(np.random.default_rng(2).standard_normal((T, 12, 1)))
+    _, caches = _bank_unroll(bank, theta0, xs)
+    d_theta = bank.backward(theta0, caches, U, ROWS)[0]
+    d_outs = list(U)
+    d_consumed, d_xs, _ = bank.backward(theta0, caches, d_outs, ROWS, consume=True)
+    np.testing.assert_array_equal(d_consumed, d_theta)
+    assert caches == [None] * T and d_outs == [None] * T and d_xs == [None] * T
+
+
 def test_bank_bptt_matches_finite_differences():
     bank, theta0, xs = _bank_point(1)
     U = np.random.default_rng(2).standard_normal((T, 12, 1))

@@ -124,8 +124,15 @@ class LSTMBank:
                 None if d_states is None else d_states.get(name), d_theta[tsl])
         return d_theta, d_x, d_states_prev
 
-    def backward(self, theta, caches, d_outs, row_slices: dict, d_final_states=None):
-        """BPTT over T steps; returns ``(d_theta, d_xs, d_initial_states)``."""
+    def backward(self, theta, caches, d_outs, row_slices: dict, d_final_states=None,
+                 consume=False):
+        """BPTT over T steps; returns ``(d_theta, d_xs, d_initial_states)``.
+
+        ``consume=True`` (meta-training, whose RNN inputs are stop-gradient
+        constants) empties ``caches[t]`` and ``d_outs[t]`` as soon as step t's
+        backward has run and keeps no input cotangents (``d_xs`` all None), so
+        memory falls during the BPTT instead of growing by T of them.
+        """
         if len(caches) != len(d_outs):
             raise ValueError(f"{len(caches)} caches but {len(d_outs)} output cotangents")
         xp = backend.get_array_module(theta)
@@ -133,8 +140,12 @@ class LSTMBank:
         d_xs = [None] * len(caches)
         d_states = d_final_states
         for t in reversed(range(len(caches))):
-            _, d_xs[t], d_states = self.backward_step(theta, caches[t], d_outs[t], d_states,
-                                                      row_slices, d_theta)
+            _, d_x, d_states = self.backward_step(theta, caches[t], d_outs[t], d_states,
+                                                  row_slices, d_theta)
+            if consume:
+                caches[t] = d_outs[t] = None
+            else:
+                d_xs[t] = d_x
         return d_theta, d_xs, d_states
 
     # -- checkpoints ----------------------------------------------------------

@@ -198,27 +198,13 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         if need_s:
             for t in range(T):
                 dout_s[t] *= ls_weight * weights[t]
-            grad_s[...] = _bptt(nets.rnn_s, theta_s, caches_s, dout_s, rows)
+            grad_s[...] = nets.rnn_s.backward(theta_s, caches_s, dout_s, rows, consume=True)[0]
         del caches_s[:], dout_s[:]      # RNN_s's caches go before RNN_p's BPTT
         if need_p:
-            grad_p[...] = _bptt(nets.rnn_p, theta_p, caches_p, dout_p, rows)
+            grad_p[...] = nets.rnn_p.backward(theta_p, caches_p, dout_p, rows, consume=True)[0]
     stats = {"l_s": l_s, "l_p": l_p, "residual": float(np.mean(res_norms)),
              "loss": float(np.mean(losses)), "loss_end": float(f_t)}
     return UnrollResult(l_s, l_p, grad, w, d_prev, r_prev, rec, stats)
-
-
-def _bptt(bank, theta, caches, d_outs, rows):
-    """``bank.backward(...)[0]`` (the same steps in the same order), releasing each
-    step's cache and output cotangent as soon as its backward step has run and
-    keeping no input cotangents (the RNN inputs are stop-gradient constants):
-    memory falls during the BPTT instead of growing by T input cotangents."""
-    xp = backend.get_array_module(theta)
-    d_theta = xp.zeros_like(theta)
-    d_states = None
-    for t in reversed(range(len(caches))):
-        d_states = bank.backward_step(theta, caches[t], d_outs[t], d_states, rows, d_theta)[2]
-        caches[t] = d_outs[t] = None
-    return d_theta
 
 
 class MetaTrainer:
