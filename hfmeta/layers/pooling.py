@@ -174,12 +174,14 @@ class MaxPool2d(_Pool2d):
         its (o, n·L) matrix without a copy)."""
         xp = get_array_module(dy)
         dx = xp.zeros_like(relu_out)
-        view = _dense_view(dx)
-        if view is None:
+        if _dense_view(dx) is None:
             dx = xp.zeros(relu_out.shape, dtype=relu_out.dtype)
-            view = _dense_view(dx)
-        flat, strides = view
-        flat[self._winners(cache, strides)] = dy.reshape(-1) * self._relu_mask(cache, relu_out)
+        return self._scatter(cache, dy.reshape(-1) * self._relu_mask(cache, relu_out), dx)
+
+    def _scatter(self, cache, values, dx):
+        """``dx.flat[i*] = values`` on a zero, dense ``dx`` (tiling pools); returns ``dx``."""
+        flat, strides = _dense_view(dx)
+        flat[self._winners(cache, strides)] = values
         return dx
 
     def slice_cache(self, cache, size):
@@ -241,10 +243,7 @@ class MaxPool2d(_Pool2d):
         xp = get_array_module(dy)
         argmax, x_shape = cache
         if self._tiles(x_shape):                         # dx = 0;  dx.flat[i*] = dy
-            dx = xp.zeros(x_shape, dtype=dy.dtype)
-            flat, strides = _dense_view(dx)
-            flat[self._winners(cache, strides)] = dy.reshape(-1)
-            return dx
+            return self._scatter(cache, dy.reshape(-1), xp.zeros(x_shape, dtype=dy.dtype))
         dxpad = self._padded_zeros(dy, x_shape)
         for k, _, _, index in self._windows(x_shape):
             dxpad[index] += dy * (argmax == k)
