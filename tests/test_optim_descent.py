@@ -63,11 +63,21 @@ def test_loss_decreases_on_a_small_real_batch(name, mnist):
     assert after < 0.9 * before, (before, after)
 
 
+# Martens' HF lets its LM damping fall without a floor (x2/3 per good step), and
+# on a mini-batch of 64 or 128 digits the Gauss-Newton matrix of cnn-small
+# (31,786 parameters) has rank <= 9 * batch: once lambda is ~1e-4 the CG step
+# runs far along near-null directions (|x| ~ 500 at batch 128), rho turns
+# hugely negative and x3/2 per step is too slow a recovery (eval loss 0.04 ->
+# 4.2 at batch 128, 0.04 -> 0.79 at batch 64, seed 0).  Martens (2010, section
+# 4.3) runs it on large batches; at 256 digits the same 100 steps reach 0.015.
+BATCH = {"martens-hf": 256}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HPARAMS))
 def test_training_loss_falls_over_hundreds_of_steps(name, mnist):
     x, y = mnist
-    n, b = x.shape[0], 64
+    n, b = x.shape[0], BATCH.get(name, 64)
     steps = 300 if name in ("sgd", "rmsprop", "adam", "sou") else 100
     order = np.random.default_rng(0).permutation(n)
 
