@@ -124,6 +124,22 @@ def test_fft_and_im2col_agree_on_every_pass(variant):
         np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("in_hw,padding", [((7, 7), (1, 1)), ((7, 6), (0, 2)), ((6, 7), (2, 0)),
+                                             ((1, 7), (0, 1)), ((2, 2), (0, 0))])
+def test_spectral_product_fills_the_hermitian_bins_it_skips(in_hw, padding):
+    """``SpectralPlan.product`` multiplies only the bins that the Hermitian symmetry
+    of real signals leaves independent; it equals the product of every bin
+    (odd and even grids, plain, conjugated and transposed factors)."""
+    from hfmeta.layers.spectral import SpectralPlan, conj_t
+    plan = SpectralPlan(in_hw, (3, 3), padding)
+    rng = np.random.default_rng(5)
+    a = plan.signal(rng.standard_normal((4, 3) + in_hw))                 # (B, 4, 3)
+    b = plan.signal(rng.standard_normal((2, 3) + in_hw))                 # (B, 2, 3)
+    c = plan.signal(rng.standard_normal((4, 2) + in_hw))                 # (B, 4, 2)
+    for lhs, rhs in ((a, conj_t(b)), (conj_t(c), a), (c, b)):
+        np.testing.assert_allclose(plan.product(lhs, rhs), lhs @ rhs, rtol=1e-12, atol=1e-12)
+
+
 def test_im2col_and_col2im_are_adjoint():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 5))

@@ -161,16 +161,16 @@ class Conv2d(Layer):
 
     def _fft_forward(self, p, x):
         X, Wk = self.plan.signal(x), self.plan.kernel_spectrum(p["weight"])
-        y = self._fft_image(X @ conj_t(Wk), p["bias"] if self.bias else None)
+        y = self._fft_image(self.plan.product(X, conj_t(Wk)), p["bias"] if self.bias else None)
         return y, (X, Wk, x)
 
     def _fft_rop(self, p, cache, dp, dx):
         X, Wk, _ = cache
         Y = None
         if dx is not None:
-            Y = self.plan.signal(dx) @ conj_t(Wk)
+            Y = self.plan.product(self.plan.signal(dx), conj_t(Wk))
         if dp is not None:
-            t = X @ conj_t(self.plan.kernel_spectrum(dp["weight"]))
+            t = self.plan.product(X, conj_t(self.plan.kernel_spectrum(dp["weight"])))
             if Y is None:
                 Y = t
             else:
@@ -180,12 +180,12 @@ class Conv2d(Layer):
     def _fft_backward(self, p, cache, dy, dp_out, need_dx):
         X, Wk, x = cache
         DY = self.plan.signal(dy)                                         # (B, n, o)
-        dp_out["weight"][...] = self.plan.kernel_from(conj_t(DY) @ X)
+        dp_out["weight"][...] = self.plan.kernel_from(self.plan.product(conj_t(DY), X))
         if self.bias:
             dp_out["bias"][...] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
             return None
-        return self.plan.image(DY @ Wk, x.shape[2:])
+        return self.plan.image(self.plan.product(DY, Wk), x.shape[2:])
 
     def _fft_backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx):
         X, Wk, x = cache

@@ -22,6 +22,11 @@ DFT ``^`` (``rfft2``; ``F = Sw // 2 + 1`` columns), per frequency f::
 one complex matrix product per frequency (B = Sh·F of them) instead of the
 (o, c·kh·kw)·(c·kh·kw, n·L) GEMM of im2col: for a 5×5 kernel on 16×16
 inputs about 6 times fewer multiplications, and no (c·kh·kw, n·L) columns.
+Every spectrum here is that of a real signal, so in the columns v = 0 and
+v = Sw/2 (even Sw) row Sh − u is the conjugate of row u; every product of two
+such spectra is too, and :meth:`SpectralPlan.product` multiplies only the
+independent bins and fills the (Sh − 1)//2 mirrored ones of each such column
+by conjugation (164 of 180 bins multiplied on an 18×18 grid).
 
 **The adjoints** follow from the circular picture, where they are exact for
 every S (the crop to (ho, wo) and the embedding of x are each other's
@@ -98,6 +103,34 @@ class SpectralPlan:
         # contiguous inner axis each are cheaper than one that does not
         mhwk = xp.ascontiguousarray(full[:out_hw[0], :out_hw[1]].transpose(2, 0, 1, 3))
         return xp.ascontiguousarray(mhwk.transpose(0, 3, 1, 2))
+
+    # -- products: one complex matrix product per frequency ---------------------
+    def product(self, a, b):
+        """``a_f @ b_f`` for every bin f: (B, p, q) @ (B, q, r) -> (B, p, r), with
+        a and b spectra of real signals (either may be a conjugate or a
+        transposed view of one).
+
+        A real signal's spectrum is Hermitian, ``Â[−u, −v] = conj(Â[u, v])``;
+        in the half spectrum of ``rfft2`` that ties only the columns that are
+        their own mirror (v = 0 and, for even Sw, the Nyquist column v = Sw/2):
+        there row u > Sh/2 is the conjugate of row Sh − u.  Products of such
+        spectra inherit the symmetry (``a_{−f} b_{−f} = conj(a_f b_f)``), so
+        those rows -- 16 of the 180 bins of an 18×18 grid, 9% of the GEMM
+        work -- are filled by conjugation instead of being multiplied.
+        """
+        xp = get_array_module(a)
+        Sh, F = self.grid[0], self.cols
+        a4, b4 = a.reshape((Sh, F) + a.shape[1:]), b.reshape((Sh, F) + b.shape[1:])
+        out = xp.empty((Sh, F, a.shape[1], b.shape[2]),
+                       dtype=xp.result_type(a.dtype, b.dtype))
+        h = Sh // 2 + 1                                        # rows 0..Sh/2: every column
+        mirror = (0, F - 1) if self.grid[1] % 2 == 0 else (0,)
+        inner = slice(1, F - 1) if self.grid[1] % 2 == 0 else slice(1, F)
+        xp.matmul(a4[:h], b4[:h], out=out[:h])
+        xp.matmul(a4[h:, inner], b4[h:, inner], out=out[h:, inner])
+        for v in mirror:                                       # rows h..Sh−1 <- Sh−h..1
+            out[h:, v] = xp.conj(out[Sh - h:0:-1, v])
+        return out.reshape(self.bins, a.shape[1], b.shape[2])
 
     # -- kernels: (o, c, kh, kw) real <-> (B, o, c) spectrum -------------------
     # The shifted kernel has only kh·kw non-zero taps, at rows r_a = (a − ph) mod Sh
