@@ -1,0 +1,137 @@
+"""End to end on the GPU: every optimizer, an MLHF meta-gradient, L2L and SLSTM
+meta-training, and ``hfmeta --device gpu train`` give the CPU's numbers.
+
+All of hfmeta runs one code path on NumPy and CuPy (:mod:`hfmeta.backend`), so
+the same seeded run on both devices must agree to float64 rounding: weights
+are drawn on the host and moved (:func:`hfmeta.backend.to_device`), batches
+are moved, and nothing depends on the device but the arithmetic's order
+(BLAS/cuBLAS reductions), hence a relative tolerance of 1e-8 after a few
+steps, not equality.  The per-family GPU tests beside each layer check the
+pieces; these check that they are wired together on the device: the
+optimizers' state, PCG, the LSTM banks, meta-training's Adam and replay, the
+data pipeline and checkpoints of a CLI run.  Skipped without CuPy and a GPU.
+"""
+import copy
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hfmeta import backend, models
+from hfmeta.cli import cli
+from hfmeta.gradcheck import rel_error
+from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from hfmeta.meta.mlhf import MLHFNets
+from hfmeta.meta.mlhf_train import unroll
+from hfmeta.meta.registry import get_learned
+from hfmeta.model import Model
+from hfmeta.optim import OPTIMIZERS, get_optimizer
+from hfmeta.problem import Problem
+
+pytestmark = pytest.mark.gpu
+
+TOL = 1e-8
+LEARNED = ("mlhf", "l2l", "slstm")
+# cheap settings so that every optimizer takes a few real steps in seconds
+FAST = {"martens-hf": {"cg_max_iters": 15}, "kfac": {"inverse_every": 2},
+        "hf-fixed": {"cg_iters": 10}, "hf-lm": {"cg_iters": 10}}
+
+
+def _batches(model, steps, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n,) + model.in_shape), rng.integers(0, model.classes, n))
+            for _ in range(steps)]
+
+
+def _run_steps(name, device, steps=3):
+    """``steps`` steps of optimizer ``name`` on cnn-small (float64) on ``device``:
+    the final weights and the per-step losses, on the host."""
+    model = models.build("cnn-small", (1, 12, 12), 4, dtype="float64", device=device)
+    problem = Problem(model)
+    if name in LEARNED:
+        opt = get_learned(name, model=model, untrained=True)
+    else:
+        opt = get_optimizer(name, **FAST.get(name, {}))
+    w = model.init(seed=0)
+    state = opt.init(w)
+    losses = []
+    for x, y in _batches(model, steps):
+        batch = (backend.to_device(x, device), backend.to_device(y, device))
+        w, state, info = opt.step(problem, w, state, batch)
+        losses.append(info["loss"])
+    assert backend.device_of(w) == device
+    return backend.asnumpy(w), np.array(losses)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS) + list(LEARNED))
+def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(name):
+    w_cpu, losses_cpu = _run_steps(name, "cpu")
+    w_gpu, losses_gpu = _run_steps(name, "gpu")
+    assert rel_error(losses_gpu, losses_cpu) < TOL
+    assert rel_error(w_gpu, w_cpu) < TOL
+
+
+def _tiny_bn_convnet(device):
+    """All six parameter kinds (as tests/test_mlhf.py), on ``device``."""
+    net = Sequential([("conv1", Conv2d(2, 3, padding=1)), ("bn1", BatchNorm()), ("relu1", ReLU()),
+                      ("pool1", MaxPool2d(2, 2)), ("flatten", Flatten()), ("fc1", Linear(4)),
+                      ("bn2", BatchNorm()), ("relu2", ReLU()), ("fc2", Linear(3))])
+    return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
+
+
+def _mlhf_unroll(device, T=3):
+    model = _tiny_bn_convnet(device)
+    xp = model.xp
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batches = [(xp.asarray(rng.standard_normal((4, 1, 4, 4))), xp.asarray(rng.integers(0, 3, 4)))
+               for _ in range(T + 1)]
+    nets = MLHFNets(n=4)
+    theta = xp.asarray(backend.asnumpy(nets.init(0)) + 0.3 * rng.standard_normal(nets.size))
+    rows = nets.rows(model.layout)
+    states = nets.zero_states(rows, xp, np.float64)
+    d_prev = xp.asarray(0.01 * rng.standard_normal(model.num_params))
+    r_prev = xp.asarray(0.01 * rng.standard_normal(model.num_params))
+    res = unroll(nets, theta, problem, model.init(0), copy.deepcopy(states), d_prev, r_prev,
+                 batches, rows, clip=0.05, noise=[1.01, 0.985, 1.0][:T])
+    return res.l_s, res.l_p, backend.asnumpy(res.grad), backend.asnumpy(res.w)
+
+
+def test_mlhf_meta_gradient_on_the_gpu_equals_the_cpu_one():
+    """The full MLHF meta-gradient (PCG backward, both LSTM BPTTs, the step clip)."""
+    (ls_c, lp_c, g_c, w_c), (ls_g, lp_g, g_g, w_g) = _mlhf_unroll("cpu"), _mlhf_unroll("gpu")
+    assert abs(ls_g - ls_c) <= TOL * abs(ls_c) and abs(lp_g - lp_c) <= TOL * abs(lp_c)
+    assert rel_error(g_g, g_c) < TOL
+    assert rel_error(w_g, w_c) < TOL
+
+
+@pytest.mark.parametrize("method", ["mlhf", "l2l", "slstm"])
+def test_meta_train_on_the_gpu_writes_the_cpu_meta_parameters(tmp_path, method):
+    """Two meta-iterations through the CLI (Adam, replay, checkpoint) on each device."""
+    thetas = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / f"{method}-{device}.h5"
+        r = CliRunner().invoke(cli, ["-q", "--device", device, "--dtype", "float64",
+                                     "meta-train", "-m", method, "-n", "2", "-b", "16",
+                                     "--opt", "T=2", "--out", str(out)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        from hfmeta.meta.common import load_meta
+        _, banks, _ = load_meta(str(out), method, np, np.float64)
+        thetas[device] = np.concatenate([np.asarray(theta) for _, theta in banks.values()])
+    assert rel_error(thetas["gpu"], thetas["cpu"]) < TOL
+
+
+def test_cli_train_on_the_gpu_matches_the_cpu_run(tmp_path):
+    """``hfmeta --device gpu train`` (the main job, shipped MLHF): same losses as the CPU run."""
+    losses = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / device
+        r = CliRunner().invoke(cli, ["-q", "--device", device, "--dtype", "float64", "train",
+                                     "--steps", "4", "--out", str(out)], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
+        losses[device] = np.array([x["loss"] for x in lines if x["kind"] == "step"])
+    assert losses["cpu"].size == 4
+    assert rel_error(losses["gpu"], losses["cpu"]) < TOL
