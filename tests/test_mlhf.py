@@ -140,6 +140,18 @@ def test_unroll_without_record_gives_the_same_result_and_keeps_no_constants():
                 np.testing.assert_array_equal(c, c2)
 
 
+def test_float32_meta_training_keeps_the_target_net_in_float32():
+    """The step noise is drawn as NumPy float64; it must not promote the float32
+    target net (NumPy 2's rules would make every later step float64)."""
+    net = tiny_bn_convnet().net
+    model = Model(net, (1, 4, 4), 3, dtype="float32", name="tiny32")
+    trainer = MetaTrainer(Problem(model), _RandomStream32(), T=2, seed=0)
+    assert trainer.noise > 0
+    for _ in range(2):
+        trainer.meta_step()
+        assert trainer.w.dtype == np.float32 and trainer.d_prev.dtype == np.float32
+
+
 class _RandomStream:
     batch_size = 4
 
@@ -148,6 +160,12 @@ class _RandomStream:
 
     def __next__(self):
         return self.rng.standard_normal((4, 1, 4, 4)), self.rng.integers(0, 3, 4)
+
+
+class _RandomStream32(_RandomStream):
+    def __next__(self):
+        x, y = super().__next__()
+        return x.astype(np.float32), y
 
 
 def test_meta_trainer_train_p_keeps_rnn_s_and_resumes_with_fresh_moments(tmp_path):

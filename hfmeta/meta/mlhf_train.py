@@ -147,7 +147,8 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
                 rec.d_prev.append(d_prev)
                 rec.r_prev.append(r_prev)
                 rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
-            rec.noise.append(1.0 if noise is None else noise[t])
+            # a Python float: a NumPy float64 factor would promote float32 weights to float64
+            rec.noise.append(1.0 if noise is None else float(noise[t]))
         caches_s.append(dirn.cache_s)
         caches_p.append(dirn.cache_p)
         res_norms.append(float(xp.linalg.norm(r)))
@@ -252,7 +253,8 @@ class MetaTrainer:
     def _reset(self):
         """Experience replay: a stored or fresh target net, zero RNN states, no d/r."""
         w = self.replay.sample(self.rng, self._fresh_weights)
-        self.w = backend.to_device(np.asarray(backend.asnumpy(w)), self.problem.model.device)
+        model = self.problem.model
+        self.w = backend.to_device(np.asarray(backend.asnumpy(w), dtype=model.dtype), model.device)
         self.states = self.nets.zero_states(self.rows, self.xp, self.dtype)
         self.d_prev = self.r_prev = None
 
