@@ -16,12 +16,21 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
 2. **How far a diagonal preconditioner can close the gap to n = 20** at one
    fixed damping s = softplus(0) + 2e-5 (the untrained RNN_s): the same
    held-out unrolls with PCG warm-started as in MLHF and P = I (n = 2, 4,
-   20), the Jacobi preconditioner P = 1/(diag G + s) from the exact GGN
-   diagonal (:func:`hfmeta.diagonal.exact_diag_ggn`; n = 2, 4), and a
-   coordinate search over one constant scale of P per parameter kind.
-   RNN_p outputs a diagonal P; if none of these moves l_p towards n = 20,
-   the ablation's claim cannot hold at this scale for lack of room, not for
-   lack of meta-training.
+   20), the Jacobi preconditioner P = diag G + s from the exact GGN
+   diagonal (:func:`hfmeta.diagonal.exact_diag_ggn`; n = 2, 4; P
+   approximates A, PCG solves P y = r), and a coordinate search over one
+   constant scale of P per parameter kind.
+
+4. **How much a diagonal P can buy at all, and how much of it a
+   coordinate-wise rule can reach** (float64, the same held-out unrolls
+   driven by P = I, every warm-started solve t = 1..T−1): a per-solve
+   *oracle* P = exp(q), a free positive diagonal fitted to that one solve's
+   l_p by Adam through :func:`hfmeta.pcg.pcg_backward`; then the best
+   *local rule* of the kind RNN_p can express without memory, log P =
+   β_kind · (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate, fitted
+   on the even solves and scored on the odd ones.  The oracle shows how much
+   room a diagonal P has; the local rule shows how much of it is
+   predictable from what each coordinate sees.
 
 3. **Which constant damping the held-out unrolls prefer** (P = I, n = 4):
    l_s (the paper's softmax-weighted one-step loss changes, × 10 as in
@@ -44,11 +53,13 @@ from hfmeta.meta.mlhf import S_MIN, MLHFNets
 from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step
 from hfmeta.meta.registry import shipped_path
 from hfmeta.models import build
-from hfmeta.pcg import pcg
+from hfmeta.pcg import pcg, pcg_backward
 from hfmeta.problem import Problem
 
 T = 10
 SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
+ORACLE_STEPS = 60      # Adam steps of the per-solve oracle P
+RULE_STEPS = 150       # Adam steps fitting the local rule
 
 
 def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, full=False):
@@ -81,6 +92,85 @@ def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, 
             final.append(float(f))
     out = (float(np.mean(l_p)), float(np.mean(residual)))
     return out + (float(np.mean(l_s)), float(np.mean(final))) if full else out
+
+
+def l_p_of_solve(result, g):
+    """One solve's l_p = −⟨d, g⟩ / sqrt(⟨d, A d⟩) (A d = g − r, as the released
+    code) and its cotangents ``(∂l_p/∂d, ∂l_p/∂r)`` for :func:`pcg_backward`."""
+    d, r = result.x, result.r
+    a, b = float(d @ g), float(d @ (g - r))
+    return (-a / math.sqrt(b), -g / math.sqrt(b) + 0.5 * a * b ** -1.5 * (g - r),
+            -0.5 * a * b ** -1.5 * d)
+
+
+def adam_descent(value_and_grad, x, steps, lr):
+    """Plain Adam (β = 0.9, 0.999) on ``x``; returns the best value seen and its x."""
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    best, best_x = math.inf, x.copy()
+    for i in range(1, steps + 1):
+        value, grad = value_and_grad(x)
+        if value < best:
+            best, best_x = value, x.copy()
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad * grad
+        x = x - lr * (m / (1 - 0.9 ** i)) / (np.sqrt(v / (1 - 0.999 ** i)) + 1e-12)
+    return best, best_x
+
+
+def warm_solves(problem, batches, starts, s_value):
+    """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
+    P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20)]``,
+    features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate."""
+    model, solves = problem.model, []
+    for k in range(starts):
+        batch = [batches.batch_at(10 ** 6 + k * (T + 1) + t) for t in range(T + 1)]
+        w, d = model.init(12345 + k), None
+        g, lin = problem.loss_and_grad(w, batch[0])[1:]
+        for t in range(T):
+            s = np.full_like(g, s_value)
+            apply_A = (lambda lin_, s_: lambda v: problem.gvp(lin_, v, s_))(lin, s)
+            result = pcg(apply_A, g, d, None, 4, record=False)
+            if d is not None:
+                logs = [np.log(np.abs(v) + 1e-12) for v in
+                        (g, d, g - apply_A(d), exact_diag_ggn(lin, problem.loss_fn))]
+                features = np.stack([np.ones_like(g)] + logs, axis=1)
+                solves.append((apply_A, g, d, features, l_p_of_solve(result, g)[0],
+                               l_p_of_solve(pcg(apply_A, g, d, None, 20, record=False), g)[0]))
+            d = result.x
+            w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
+            g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]
+    return solves
+
+
+def l_p_with_log_p(solve, q, grad=False):
+    """l_p of ``solve`` with P = exp(q), n = 4, and (``grad``) ∂l_p/∂q."""
+    apply_A, g, d0 = solve[:3]
+    P = np.exp(q)
+    result = pcg(apply_A, g, d0, P, 4, record=grad)
+    l_p, d_bar, r_bar = l_p_of_solve(result, g)
+    if not grad:
+        return l_p, None
+    return l_p, pcg_backward(result, apply_A, d_bar, r_bar, need=("P",))["P"] * P
+
+
+def local_rule_log_p(beta, features, kinds):
+    q = np.empty(features.shape[0])
+    for j, rows in enumerate(kinds):
+        q[rows] = features[rows] @ beta[j]
+    return q
+
+
+def fit_local_rule(solves, kinds, steps, lr):
+    """β (kinds × 5) minimising the mean l_p over ``solves`` (Adam)."""
+    def value_and_grad(beta):
+        total, grad = 0.0, np.zeros_like(beta)
+        for solve in solves:
+            l_p, q_bar = l_p_with_log_p(solve, local_rule_log_p(beta, solve[3], kinds), True)
+            total += l_p
+            for j, rows in enumerate(kinds):
+                grad[j] += solve[3][rows].T @ q_bar[rows]
+        return total / len(solves), grad / len(solves)
+    return adam_descent(value_and_grad, np.zeros((len(kinds), solves[0][3].shape[1])), steps, lr)[1]
 
 
 def main():
@@ -118,14 +208,14 @@ def main():
     s_value = math.log(2.0) + S_MIN                       # softplus(0) + s_min
     identity = lambda lin, s: None                         # noqa: E731
 
-    def jacobi(lin, s):
-        return 1.0 / (exact_diag_ggn(lin, problem.loss_fn) + s)
+    def jacobi(lin, s):                       # P ≈ A: PCG solves P y = r
+        return exact_diag_ggn(lin, problem.loss_fn) + s
 
     lines += ["", f"## 2. Diagonal preconditioners at fixed damping s = {s_value:.4f}", "",
               "| preconditioner | n | l_p | mean ‖r_n‖ |", "|---|---|---|---|"]
     for label, n, prec in (("P = I", 20, identity), ("P = I", 4, identity),
-                           ("P = I", 2, identity), ("Jacobi 1/(diag G + s)", 4, jacobi),
-                           ("Jacobi 1/(diag G + s)", 2, jacobi)):
+                           ("P = I", 2, identity), ("Jacobi diag G + s", 4, jacobi),
+                           ("Jacobi diag G + s", 2, jacobi)):
         l_p, res = fixed_damping_unrolls(problem, batches, args.starts, n, prec, s_value)
         lines.append(f"| {label} | {n} | {l_p:+.4f} | {res:.4f} |")
         print(lines[-1], flush=True)
@@ -160,6 +250,46 @@ def main():
                                                      s_const, full=True)
         lines.append(f"| {s_const:.4g} | {l_s:+.4f} | {final:.4f} | {l_p:+.4f} | {res:.4f} |")
         print(lines[-1], flush=True)
+
+    model64 = build(args.model, ds.image_shape, ds.classes, dtype="float64")
+    problem64 = Problem(model64)
+    batches64 = ds.batches("meta", nets.b_mt, seed=0, dtype="float64",
+                           augment=ds.default_augment)
+    solves = warm_solves(problem64, batches64, args.starts, s_value)
+    kinds64 = [model64.layout.kind_slice(k) for k in model64.layout.kinds]
+    oracle = [adam_descent(lambda q, sv=sv: l_p_with_log_p(sv, q, True),
+                           np.zeros_like(sv[1]), ORACLE_STEPS, 0.1)[0] for sv in solves]
+    fit, held_out = solves[0::2], solves[1::2]
+    beta = fit_local_rule(fit, kinds64, RULE_STEPS, 0.05)
+    rule = {name: float(np.mean([l_p_with_log_p(sv, local_rule_log_p(beta, sv[3], kinds64))[0]
+                                 for sv in group]))
+            for name, group in (("fit", fit), ("held-out", held_out))}
+
+    def mean(group, i):
+        return float(np.mean([sv[i] for sv in group]))
+
+    def closed(value, group):
+        return (mean(group, 4) - value) / (mean(group, 4) - mean(group, 5))
+
+    lines += ["", "## 4. How much a diagonal P can buy, and how much a local rule reaches", "",
+              f"float64, the {len(solves)} warm-started solves (t = 1..{T - 1}) of the held-out "
+              f"unrolls driven by P = I, n = 4, s = {s_value:.4f}; 'gap closed' = the share of "
+              "the l_p difference between n = 4 and n = 20 (P = I) recovered at n = 4.", "",
+              "| P (n = 4) | solves | l_p | n = 4, P = I | n = 20, P = I | gap closed |",
+              "|---|---|---|---|---|---|",
+              f"| per-solve oracle (free diagonal, {ORACLE_STEPS} Adam steps on that solve) | "
+              f"all {len(solves)} | {np.mean(oracle):+.4f} | {mean(solves, 4):+.4f} | "
+              f"{mean(solves, 5):+.4f} | {closed(np.mean(oracle), solves):.0%} |"]
+    for name, group in (("fit", fit), ("held-out", held_out)):
+        lines.append(f"| local log-linear rule (fitted on the even solves) | {name} "
+                     f"{len(group)} | {rule[name]:+.4f} | {mean(group, 4):+.4f} | "
+                     f"{mean(group, 5):+.4f} | {closed(rule[name], group):.0%} |")
+    lines += ["", "Local rule, log P = β · (1, log|g|, log|d_0|, log|r_0|, log diag G):", "",
+              "| kind | " + " | ".join(("1", "log|g|", "log|d_0|", "log|r_0|", "log diag G")) + " |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {kind} | " + " | ".join(f"{b:+.3f}" for b in beta[j]) + " |"
+              for j, kind in enumerate(model64.layout.kinds)]
+    print("\n".join(lines[-12:]), flush=True)
     lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

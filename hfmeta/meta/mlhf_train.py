@@ -277,7 +277,7 @@ class MetaTrainer:
                                                           res.grad[self.trained])
         self.theta = theta
         self.w, self.d_prev, self.r_prev, self._pending = res.w, res.d_prev, res.r_prev, batches[-1]
-        if not np.isfinite(backend.asnumpy(self.w)).all():
+        if not bool(self.xp.isfinite(self.w).all()):    # on the device: no host copy of w
             self.w = None                                   # diverged target net: reset next time
         self.iteration += 1
         return {"iteration": self.iteration, "reset": reset, "grad_norm": grad_norm,
