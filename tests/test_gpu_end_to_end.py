@@ -1,6 +1,13 @@
 """End to end on the GPU: every optimizer, an MLHF meta-gradient, L2L and SLSTM
 meta-training, and ``hfmeta --device gpu train`` give the CPU's numbers.
 
+Each test runs twice: on a real GPU (``cuda``, marked ``gpu``: skipped without
+CuPy and a device) and, in every default run, on the strict stand-in of
+:mod:`strict_device` (``strict``), NumPy arrays that refuse host/device mixing
+as CuPy does -- so a NumPy table combined with device data, an ``np.``
+function applied to it or an implicit host conversion fails here, on a CPU,
+before it can fail on a GPU.
+
 All of hfmeta runs one code path on NumPy and CuPy (:mod:`hfmeta.backend`), so
 the same seeded run on both devices must agree to float64 rounding: weights
 are drawn on the host and moved (:func:`hfmeta.backend.to_device`), batches
@@ -9,7 +16,7 @@ are moved, and nothing depends on the device but the arithmetic's order
 steps, not equality.  The per-family GPU tests beside each layer check the
 pieces; these check that they are wired together on the device: the
 optimizers' state, PCG, the LSTM banks, meta-training's Adam and replay, the
-data pipeline and checkpoints of a CLI run.  Skipped without CuPy and a GPU.
+data pipeline and checkpoints of a CLI run.
 """
 import copy
 import json
@@ -29,7 +36,17 @@ from hfmeta.model import Model
 from hfmeta.optim import OPTIMIZERS, get_optimizer
 from hfmeta.problem import Problem
 
-pytestmark = pytest.mark.gpu
+import strict_device
+
+
+@pytest.fixture(params=[pytest.param("strict", id="strict-device"),
+                        pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)])
+def gpu(request, monkeypatch):
+    """The device that ``"gpu"`` means in this test: CuPy, or the strict stand-in."""
+    if request.param == "strict":
+        monkeypatch.setattr(backend, "_cupy", strict_device.module)
+    return request.param
+
 
 TOL = 1e-8
 LEARNED = ("mlhf", "l2l", "slstm")
@@ -65,7 +82,7 @@ def _run_steps(name, device, steps=3):
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS) + list(LEARNED))
-def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(name):
+def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(gpu, name):
     w_cpu, losses_cpu = _run_steps(name, "cpu")
     w_gpu, losses_gpu = _run_steps(name, "gpu")
     assert rel_error(losses_gpu, losses_cpu) < TOL
@@ -98,7 +115,7 @@ def _mlhf_unroll(device, T=3):
     return res.l_s, res.l_p, backend.asnumpy(res.grad), backend.asnumpy(res.w)
 
 
-def test_mlhf_meta_gradient_on_the_gpu_equals_the_cpu_one():
+def test_mlhf_meta_gradient_on_the_gpu_equals_the_cpu_one(gpu):
     """The full MLHF meta-gradient (PCG backward, both LSTM BPTTs, the step clip)."""
     (ls_c, lp_c, g_c, w_c), (ls_g, lp_g, g_g, w_g) = _mlhf_unroll("cpu"), _mlhf_unroll("gpu")
     assert abs(ls_g - ls_c) <= TOL * abs(ls_c) and abs(lp_g - lp_c) <= TOL * abs(lp_c)
@@ -107,7 +124,7 @@ def test_mlhf_meta_gradient_on_the_gpu_equals_the_cpu_one():
 
 
 @pytest.mark.parametrize("method", ["mlhf", "l2l", "slstm"])
-def test_meta_train_on_the_gpu_writes_the_cpu_meta_parameters(tmp_path, method):
+def test_meta_train_on_the_gpu_writes_the_cpu_meta_parameters(gpu, tmp_path, method):
     """Two meta-iterations through the CLI (Adam, replay, checkpoint) on each device."""
     thetas = {}
     for device in ("cpu", "gpu"):
@@ -123,7 +140,7 @@ def test_meta_train_on_the_gpu_writes_the_cpu_meta_parameters(tmp_path, method):
     assert rel_error(thetas["gpu"], thetas["cpu"]) < TOL
 
 
-def test_cli_train_on_the_gpu_matches_the_cpu_run(tmp_path):
+def test_cli_train_on_the_gpu_matches_the_cpu_run(gpu, tmp_path):
     """``hfmeta --device gpu train`` (the main job, shipped MLHF): same losses as the CPU run."""
     losses = {}
     for device in ("cpu", "gpu"):
@@ -135,3 +152,23 @@ def test_cli_train_on_the_gpu_matches_the_cpu_run(tmp_path):
         losses[device] = np.array([x["loss"] for x in lines if x["kind"] == "step"])
     assert losses["cpu"].size == 4
     assert rel_error(losses["gpu"], losses["cpu"]) < TOL
+
+
+def test_float32_meta_training_stays_float32_on_the_gpu(gpu):
+    """MLHF meta-training's target net keeps the model's dtype on the device (a
+    NumPy float64 step-noise factor once promoted it to float64)."""
+    from hfmeta.meta.mlhf_train import MetaTrainer
+    model = models.build("cnn-small", (1, 12, 12), 4, dtype="float32", device="gpu")
+    class Stream:                       # what MetaTrainer reads: batch_size and next()
+        batch_size = 16
+        pending = iter(_batches(model, 7))
+
+        def __next__(self):
+            x, y = next(self.pending)
+            return backend.to_device(x.astype(np.float32), "gpu"), backend.to_device(y, "gpu")
+
+    trainer = MetaTrainer(Problem(model), Stream(), T=2, seed=0)
+    for _ in range(2):
+        trainer.meta_step()
+        assert backend.device_of(trainer.w) == "gpu"
+        assert trainer.w.dtype == np.float32 and trainer.theta.dtype == np.float32
