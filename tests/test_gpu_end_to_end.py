@@ -61,15 +61,18 @@ def _batches(model, steps, n=16, seed=0):
             for _ in range(steps)]
 
 
-def _run_steps(name, device, steps=3):
-    """``steps`` steps of optimizer ``name`` on cnn-small (float64) on ``device``:
+def _run_steps(name, device, steps=3, model_name="cnn-small", in_shape=(1, 12, 12),
+               hparams=None, **model_options):
+    """``steps`` steps of optimizer ``name`` on a zoo model (float64) on ``device``:
     the final weights and the per-step losses, on the host."""
-    model = models.build("cnn-small", (1, 12, 12), 4, dtype="float64", device=device)
+    model = models.build(model_name, in_shape, 4, dtype="float64", device=device,
+                         **model_options)
     problem = Problem(model)
+    hparams = {**FAST.get(name, {}), **(hparams or {})}
     if name in LEARNED:
-        opt = get_learned(name, model=model, untrained=True)
+        opt = get_learned(name, model=model, untrained=True, **hparams)
     else:
-        opt = get_optimizer(name, **FAST.get(name, {}))
+        opt = get_optimizer(name, **hparams)
     w = model.init(seed=0)
     state = opt.init(w)
     losses = []
@@ -85,6 +88,21 @@ def _run_steps(name, device, steps=3):
 def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(gpu, name):
     w_cpu, losses_cpu = _run_steps(name, "cpu")
     w_gpu, losses_gpu = _run_steps(name, "gpu")
+    assert rel_error(losses_gpu, losses_cpu) < TOL
+    assert rel_error(w_gpu, w_cpu) < TOL
+
+
+@pytest.mark.parametrize("name", ["mlhf", "kfac", "sgd"])
+@pytest.mark.parametrize("model", [("convnet", (3, 16, 16)), ("resnet-mini", (3, 8, 8))],
+                         ids=["convnet-fft", "resnet-mini-bn"])
+def test_zoo_models_take_the_cpu_steps_on_the_gpu(gpu, model, name):
+    """convnet's second convolution runs in the Fourier domain; resnet-mini has batch
+    norm and residual blocks; MLHF with a half-size curvature batch slices caches."""
+    model_name, in_shape = model
+    hparams = {"curvature_batch": 8} if name == "mlhf" else None
+    runs = [_run_steps(name, device, 2, model_name, in_shape, hparams, width=0.25)
+            for device in ("cpu", "gpu")]
+    (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
     assert rel_error(losses_gpu, losses_cpu) < TOL
     assert rel_error(w_gpu, w_cpu) < TOL
 
