@@ -102,9 +102,8 @@ def test_eval_mode_needs_state():
         layer.forward(p, x, False, None)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("train", MODES)
-def test_cupy_matches_numpy(train):
+def test_cupy_matches_numpy(gpu, train):
     xp = backend.xp_for("gpu")
     layer = BatchNorm()
     x, p, state = gradcheck.random_point(layer, (3, 4, 4), 3)

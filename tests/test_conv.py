@@ -236,11 +236,10 @@ def test_backward_overwrites_the_gradient_views():
         np.testing.assert_array_equal(first[k], again[k])
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, False), (1, 1, 0, True),
                                      (5, 1, "same", True, 4, "fft"), (3, 1, 0, False, 4, "fft")],
                          ids=str)
-def test_cupy_matches_numpy(variant):
+def test_cupy_matches_numpy(gpu, variant):
     cp = backend.xp_for("gpu")
     layer = make(*variant)
     x, p = point(layer)

@@ -148,8 +148,7 @@ def test_batch_iterator_rejects_bad_batch_size(small):
             BatchIterator(ds.split("train"), 0)
 
 
-@pytest.mark.gpu
-def test_gpu_batches_equal_cpu_batches(small):
+def test_gpu_batches_equal_cpu_batches(gpu, small):
     from hfmeta import backend
     with open_dataset(small[0]) as ds:
         cpu = collect(ds.batches("train", 8, seed=1, augment=True), 3)

@@ -1,8 +1,9 @@
 """End to end on the GPU: every optimizer, an MLHF meta-gradient, L2L and SLSTM
 meta-training, and ``hfmeta --device gpu train`` give the CPU's numbers.
 
-Each test runs twice: on a real GPU (``cuda``, marked ``gpu``: skipped without
-CuPy and a device) and, in every default run, on the strict stand-in of
+Each test runs twice (the ``gpu`` fixture of ``conftest.py``): on a real GPU
+(``cuda``, marked ``gpu``: skipped without CuPy and a device) and, in every
+default run, on the strict stand-in of
 :mod:`strict_device` (``strict``), NumPy arrays that refuse host/device mixing
 as CuPy does -- so a NumPy table combined with device data, an ``np.``
 function applied to it or an implicit host conversion fails here, on a CPU,
@@ -35,18 +36,6 @@ from hfmeta.meta.registry import get_learned
 from hfmeta.model import Model
 from hfmeta.optim import OPTIMIZERS, get_optimizer
 from hfmeta.problem import Problem
-
-import strict_device
-
-
-@pytest.fixture(params=[pytest.param("strict", id="strict-device"),
-                        pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)])
-def gpu(request, monkeypatch):
-    """The device that ``"gpu"`` means in this test: CuPy, or the strict stand-in."""
-    if request.param == "strict":
-        monkeypatch.setattr(backend, "_cupy", strict_device.module)
-    return request.param
-
 
 TOL = 1e-8
 LEARNED = ("mlhf", "l2l", "slstm")

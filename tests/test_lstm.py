@@ -329,8 +329,7 @@ def test_bank_to_dict_round_trip():
 # ----------------------------------------------------------------------------
 # GPU
 # ----------------------------------------------------------------------------
-@pytest.mark.gpu
-def test_cupy_matches_numpy():
+def test_cupy_matches_numpy(gpu):
     cp = backend.xp_for("gpu")
     lstm = CoordinateLSTM(3, (4, 4), 1)
     rng = np.random.default_rng(7)

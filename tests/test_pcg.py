@@ -154,8 +154,7 @@ def test_backward_selected_outputs_and_zero_start():
         pcg_backward(pcg(apply_A, b, None, None, n=3, record=False), apply_A, x_bar)
 
 
-@pytest.mark.gpu
-def test_gpu_curvature_diagonals_and_pcg_match_cpu():
+def test_gpu_curvature_diagonals_and_pcg_match_cpu(gpu):
     """One code path: the CuPy run of every curvature routine equals the NumPy run."""
     from hfmeta import backend, diagonal
     from hfmeta.model import Model

@@ -100,9 +100,8 @@ def test_padding_larger_than_half_the_kernel_is_rejected():
         MaxPool2d(2, padding=2)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("layer", [MaxPool2d(3, 2, 1), AvgPool2d(3, 1, 1), GlobalAvgPool()], ids=repr)
-def test_cupy_matches_numpy(layer):
+def test_cupy_matches_numpy(gpu, layer):
     cp = backend.xp_for("gpu")
     layer.build(IN_SHAPE)
     rng = np.random.default_rng(4)

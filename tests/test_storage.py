@@ -118,8 +118,7 @@ def test_missing_file_and_foreign_hdf5(tmp_path):
         storage.load_checkpoint(tmp_path / "other.h5")
 
 
-@pytest.mark.gpu
-def test_cupy_arrays_go_to_host(tmp_path):
+def test_cupy_arrays_go_to_host(gpu, tmp_path):
     from hfmeta import backend
     w = backend.to_device(np.arange(6.0), "gpu")
     storage.save_checkpoint(tmp_path / "g.h5", weights={"w": w})
