@@ -25,8 +25,8 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    coordinate-wise rule can reach** (float64, the same held-out unrolls
    driven by P = I, every warm-started solve t = 1..T−1): a per-solve
    *oracle* P = exp(q), a free positive diagonal fitted to that one solve's
-   l_p by Adam through :func:`hfmeta.pcg.pcg_backward`; then the best
-   *local rule* of the kind RNN_p can express without memory, log P =
+   l_p by Adam through :func:`hfmeta.pcg.pcg_backward`; then a *local
+   rule* of the kind RNN_p could express without memory, fitted by Adam, log P =
    β_kind · (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate, fitted
    on the even solves and scored on the odd ones.  The oracle shows how much
    room a diagonal P has; the local rule shows how much of it is
@@ -50,7 +50,7 @@ import numpy as np
 from hfmeta.data import open_dataset
 from hfmeta.diagonal import exact_diag_ggn
 from hfmeta.meta.mlhf import S_MIN, MLHFNets
-from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step
+from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step, l_p_term
 from hfmeta.meta.registry import shipped_path
 from hfmeta.models import build
 from hfmeta.pcg import pcg, pcg_backward
@@ -78,7 +78,7 @@ def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, 
             s = np.full_like(g, s_value)
             result = pcg(lambda v: problem.gvp(lin, v, s), g, d, preconditioner(lin, s), n)
             d, r = result.x, result.r
-            l_p.append(-float(d @ g) / math.sqrt(float(d @ (g - r))))
+            l_p.append(l_p_term(d, g, r)[0])
             residual.append(float(np.linalg.norm(r)))
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             f_next, g, lin = problem.loss_and_grad(w, batch[t + 1])
@@ -92,15 +92,6 @@ def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, 
             final.append(float(f))
     out = (float(np.mean(l_p)), float(np.mean(residual)))
     return out + (float(np.mean(l_s)), float(np.mean(final))) if full else out
-
-
-def l_p_of_solve(result, g):
-    """One solve's l_p = −⟨d, g⟩ / sqrt(⟨d, A d⟩) (A d = g − r, as the released
-    code) and its cotangents ``(∂l_p/∂d, ∂l_p/∂r)`` for :func:`pcg_backward`."""
-    d, r = result.x, result.r
-    a, b = float(d @ g), float(d @ (g - r))
-    return (-a / math.sqrt(b), -g / math.sqrt(b) + 0.5 * a * b ** -1.5 * (g - r),
-            -0.5 * a * b ** -1.5 * d)
 
 
 def adam_descent(value_and_grad, x, steps, lr):
@@ -134,8 +125,9 @@ def warm_solves(problem, batches, starts, s_value):
                 logs = [np.log(np.abs(v) + 1e-12) for v in
                         (g, d, g - apply_A(d), exact_diag_ggn(lin, problem.loss_fn))]
                 features = np.stack([np.ones_like(g)] + logs, axis=1)
-                solves.append((apply_A, g, d, features, l_p_of_solve(result, g)[0],
-                               l_p_of_solve(pcg(apply_A, g, d, None, 20, record=False), g)[0]))
+                exact = pcg(apply_A, g, d, None, 20, record=False)
+                solves.append((apply_A, g, d, features, l_p_term(result.x, g, result.r)[0],
+                               l_p_term(exact.x, g, exact.r)[0]))
             d = result.x
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]
@@ -147,7 +139,7 @@ def l_p_with_log_p(solve, q, grad=False):
     apply_A, g, d0 = solve[:3]
     P = np.exp(q)
     result = pcg(apply_A, g, d0, P, 4, record=grad)
-    l_p, d_bar, r_bar = l_p_of_solve(result, g)
+    l_p, d_bar, r_bar = l_p_term(result.x, g, result.r)
     if not grad:
         return l_p, None
     return l_p, pcg_backward(result, apply_A, d_bar, r_bar, need=("P",))["P"] * P

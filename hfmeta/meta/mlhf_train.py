@@ -97,6 +97,21 @@ def clip_step_vjp(d, scale, y):
     return scale * (y - d_hat * xp.dot(d_hat, y))
 
 
+
+def l_p_term(d, g, r):
+    """One step's RNN_p loss and its cotangents: ``(l, ∂l/∂d, ∂l/∂r)`` with
+
+        l = −a / sqrt(q),   a = ⟨d, g⟩,   q = ⟨d, A d⟩ = ⟨d, g − r⟩
+
+    (A d from the PCG residual, as the released code; q floored at
+    CURVATURE_TINY), so ``∂l/∂d = −g/√q + (a / 2q^{3/2}) (g − r)`` and
+    ``∂l/∂r = −(a / 2q^{3/2}) d``.  l_p is the mean of l over the unroll."""
+    xp = backend.get_array_module(d)
+    Ad = g - r
+    a, q = float(xp.dot(d, g)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
+    c = 0.5 * a / q ** 1.5
+    return -a / math.sqrt(q), -g / math.sqrt(q) + c * Ad, -c * d
+
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
            clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
            train="sp", record=True):
@@ -154,14 +169,10 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         res_norms.append(float(xp.linalg.norm(r)))
         losses.append(float(f_t))
 
-        # l_p^t = −a / sqrt(q),  a = ⟨d, g⟩,  q = ⟨d, A d⟩ = ⟨d, g − r⟩
-        Ad = g_t - r
-        a, q = float(xp.dot(d, g_t)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
-        lp_vals.append(-a / math.sqrt(q))
+        l_p_t, d_bar, r_bar = l_p_term(d, g_t, r)
+        lp_vals.append(l_p_t)
         if need_p:
-            d_bar = (-g_t / math.sqrt(q) + (0.5 * a / q ** 1.5) * Ad) / T
-            r_bar = (-0.5 * a / q ** 1.5 / T) * d
-            P_bar = pcg_backward(dirn.pcg, dirn.apply_A, d_bar, r_bar, need=("P",))["P"]
+            P_bar = pcg_backward(dirn.pcg, dirn.apply_A, d_bar / T, r_bar / T, need=("P",))["P"]
             dout_p[t] = SOFTPLUS.backward(dirn.out_p[:, 0], P_bar)[:, None]
 
         # the step, clipped and with noise as in the released code
