@@ -81,6 +81,24 @@ def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(gpu, name):
     assert rel_error(w_gpu, w_cpu) < TOL
 
 
+VARIANTS = [("sou", {"diagonal": d}) for d in
+            ("exact-ggn", "mc-ggn", "hutchinson", "hutchinson-hessian")] + [
+    ("slstm", {"joint": True, "T": 2}), ("hf-fixed", {"curvature_batch": 8}),
+    ("martens-hf", {"curvature_batch": 8}), ("mlhf", {"curvature_batch": 8})]
+
+
+@pytest.mark.parametrize("name, hparams", VARIANTS,
+                         ids=[f"{n}-{next(iter(h.values()))}" for n, h in VARIANTS])
+def test_optimizer_options_take_the_cpu_steps_on_the_gpu(gpu, name, hparams):
+    """Options with their own device work: every diagonal estimator of SOU (the
+    random ones draw on the host), SLSTM meta-learning jointly while it trains,
+    curvature sub-batches sliced from the gradient batch's caches."""
+    runs = [_run_steps(name, device, 4, hparams=hparams) for device in ("cpu", "gpu")]
+    (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
+    assert rel_error(losses_gpu, losses_cpu) < TOL
+    assert rel_error(w_gpu, w_cpu) < TOL
+
+
 @pytest.mark.parametrize("name", ["mlhf", "kfac", "sgd"])
 @pytest.mark.parametrize("model", [("convnet", (3, 16, 16)), ("resnet-mini", (3, 8, 8))],
                          ids=["convnet-fft", "resnet-mini-bn"])
