@@ -212,14 +212,31 @@ class CoordinateLSTM:
     #: 155 ms, 5120 and 6144 rows 145 ms, 7168 rows 168 ms on the dev machine)
     CHUNK = 5120
 
+    def _tables(self, xp, dtype, l):
+        """Layer ``l``'s gate tables as ``xp`` arrays of ``dtype``, made once per array
+        module and dtype (a host-to-device copy on every call would synchronise the GPU):
+        ``scale``, ``shift``, ``low`` (4h,) in gate order i, f, g, o, and ``scale_ifog``
+        (4h, 1) in the order i, f, o, g of :meth:`_scaled_w_b`."""
+        key = (xp.__name__, np.dtype(dtype).str)
+        cache = self.__dict__.setdefault("_table_cache", {})
+        if key not in cache:
+            tables = []
+            for scale, shift, low in zip(self._gate_scale, self._gate_shift, self._gate_low):
+                H = scale.size // 4
+                ifog = np.r_[scale[:2 * H], scale[3 * H:], scale[2 * H:3 * H]][:, None]
+                tables.append({name: xp.asarray(a, dtype=dtype) for name, a in
+                               (("scale", scale), ("shift", shift), ("low", low),
+                                ("scale_ifog", ifog))})
+            cache[key] = tables
+        return cache[key][l]
+
     def _scaled_w_b(self, xp, p, l, dtype):
         """``[W | b]`` of layer ``l``, rows reordered to i, f, o, g, with the
         i, f, o rows halved (σ(a) = ½ + ½ tanh(a/2))."""
         H = self.hidden[l]
-        order = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
-        scale = xp.asarray(self._gate_scale[l][order], dtype=dtype)[:, None]
         w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
-        return w_b[xp.asarray(order)] * scale
+        ifog = xp.concatenate([w_b[:2 * H], w_b[3 * H:], w_b[2 * H:3 * H]])
+        return ifog * self._tables(xp, dtype, l)["scale_ifog"]
 
     @staticmethod
     def _layer_forward_t(xp, w_b, H, zt, c_prev_t, c_out, h_out, gates):
@@ -243,12 +260,13 @@ class CoordinateLSTM:
         """Row-major forward of layer ``l`` for the backward's recomputation:
         ``(gates, c, tanh c, h)`` with the gates (n, 4h) = [σ(a_i), σ(a_f), tanh(a_g), σ(a_o)]."""
         H = self.hidden[l]
-        scale = xp.asarray(self._gate_scale[l], dtype=z.dtype)
+        tables = self._tables(xp, z.dtype, l)
+        scale = tables["scale"]
         w_b = xp.concatenate([p[f"layer{l}.weight"], p[f"layer{l}.bias"][:, None]], axis=1)
         gates = z @ (w_b * scale[:, None]).T        # [W | b] with the i, f, o rows halved
         xp.tanh(gates, out=gates)
         gates *= scale
-        gates += xp.asarray(self._gate_shift[l], dtype=z.dtype)
+        gates += tables["shift"]
         i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
         c = f * c_prev
         c += i * g
@@ -315,7 +333,7 @@ class CoordinateLSTM:
         # through the nonlinearities, all four blocks in two passes:
         # σ' = (0 + s)(1 − s) on i, f, o and tanh' = (1 + g)(1 − g) on g
         da *= 1 - gates
-        da *= gates + xp.asarray(self._gate_low[l], dtype=gates.dtype)
+        da *= gates + self._tables(xp, gates.dtype, l)["low"]
         d_w_b = da.T @ z                            # [W̄ | b̄]: the ones column sums ā over rows
         dp[f"layer{l}.weight"][...] += d_w_b[:, :-1]
         dp[f"layer{l}.bias"][...] += d_w_b[:, -1]
