@@ -197,3 +197,19 @@ def test_float32_meta_training_stays_float32_on_the_gpu(gpu):
         trainer.meta_step()
         assert backend.device_of(trainer.w) == "gpu"
         assert trainer.w.dtype == np.float32 and trainer.theta.dtype == np.float32
+
+
+def test_bench_runs_on_the_gpu(gpu, tmp_path):
+    """``hfmeta --device gpu bench``: every timed item (device synchronised around
+    each call) and the meta-training unroll's peak memory from the memory pool."""
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(cli, ["-q", "--device", "gpu", "bench", "--model", "convnet",
+                                 "--model-opt", "width=0.25", "--in-shape", "3,16,16",
+                                 "--batch-size", "8", "--items", "fwdbwd,gvp,pcg,sgd,mlhf,unroll",
+                                 "--unroll-T", "2", "--unroll-batch", "4", "--repeats", "1",
+                                 "--json", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"fwdbwd", "gvp", "pcg", "sgd", "mlhf", "unroll"}
+    assert all(v["seconds"] > 0 for v in results.values())
+    assert results["unroll"]["T"] == 2 and results["unroll"]["peak_bytes"] >= 0
