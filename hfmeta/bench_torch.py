@@ -85,10 +85,17 @@ def torch_items(model, w, batch):
     z_ours = backend.asnumpy(model.forward(w, batch[0], train=True))
     diff = float(np.abs(f(params, x).detach().cpu().numpy() - z_ours).max())
 
+    def sync():
+        """PyTorch's CUDA work is asynchronous and runs on PyTorch's own current
+        stream: wait for it, so the round-robin times the work, not its launch."""
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def fwdbwd():
         torch.nn.functional.cross_entropy(f(params, x), y).backward()
         for p in params.values():
             p.grad = None
+        sync()
 
     plain = {k: p.detach() for k, p in params.items()}
     v = {k: torch.randn_like(p) for k, p in plain.items()}
@@ -100,6 +107,8 @@ def torch_items(model, w, batch):
         z, jv = jvp(logits, (plain,), (v,))
         p = torch.softmax(z, dim=1)
         hjv = (p * jv - p * (p * jv).sum(dim=1, keepdim=True)) / z.shape[0]
-        return vjp(logits, plain)[1](hjv)
+        out = vjp(logits, plain)[1](hjv)
+        sync()
+        return out
 
     return {"torch-fwdbwd": fwdbwd, "torch-gvp": gvp}, diff
