@@ -4,7 +4,7 @@ meta-training, and ``hfmeta --device gpu train`` give the CPU's numbers.
 Each test runs twice (the ``gpu`` fixture of ``conftest.py``): on a real GPU
 (``cuda``, marked ``gpu``: skipped without CuPy and a device) and, in every
 default run, on the strict stand-in of
-:mod:`strict_device` (``strict``), NumPy arrays that refuse host/device mixing
+:mod:`strict_device` (``strict-device``), NumPy arrays that refuse host/device mixing
 as CuPy does -- so a NumPy table combined with device data, an ``np.``
 function applied to it or an implicit host conversion fails here, on a CPU,
 before it can fail on a GPU.
