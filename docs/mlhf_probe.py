@@ -50,7 +50,8 @@ import numpy as np
 from hfmeta.data import open_dataset
 from hfmeta.diagonal import exact_diag_ggn
 from hfmeta.meta.mlhf import S_MIN, MLHFNets
-from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step, l_p_term
+from hfmeta.meta.mlhf_train import (LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step, held_out_start,
+                                     l_p_term)
 from hfmeta.meta.registry import shipped_path
 from hfmeta.models import build
 from hfmeta.pcg import pcg, pcg_backward
@@ -70,8 +71,8 @@ def fixed_damping_unrolls(problem, batches, starts, n, preconditioner, s_value, 
     model = problem.model
     l_p, residual, l_s, final = [], [], [], []
     for k in range(starts):
-        batch = [batches.batch_at(10 ** 6 + k * (T + 1) + t) for t in range(T + 1)]
-        w, d = model.init(12345 + k), None
+        w, batch = held_out_start(model, batches, T, k)
+        d = None
         f, g, lin = problem.loss_and_grad(w, batch[0])
         ls_t = []
         for t in range(T):
@@ -114,8 +115,8 @@ def warm_solves(problem, batches, starts, s_value):
     features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate."""
     model, solves = problem.model, []
     for k in range(starts):
-        batch = [batches.batch_at(10 ** 6 + k * (T + 1) + t) for t in range(T + 1)]
-        w, d = model.init(12345 + k), None
+        w, batch = held_out_start(model, batches, T, k)
+        d = None
         g, lin = problem.loss_and_grad(w, batch[0])[1:]
         for t in range(T):
             s = np.full_like(g, s_value)

@@ -97,7 +97,6 @@ def clip_step_vjp(d, scale, y):
     return scale * (y - d_hat * xp.dot(d_hat, y))
 
 
-
 def l_p_term(d, g, r):
     """One step's RNN_p loss and its cotangents: ``(l, ∂l/∂d, ∂l/∂r)`` with
 
@@ -111,6 +110,15 @@ def l_p_term(d, g, r):
     a, q = float(xp.dot(d, g)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
     c = 0.5 * a / q ** 1.5
     return -a / math.sqrt(q), -g / math.sqrt(q) + c * Ad, -c * d
+
+
+def held_out_start(model, batches, T, k, seed=12345):
+    """Held-out unroll ``k`` of :meth:`MetaTrainer.evaluate`: a fresh target net
+    (seed ``seed + k``) and T + 1 fixed batches of ``batches`` (steps 10⁶ + k(T + 1)
+    + t, far past any meta-training step).  Returns ``(w, [batch_0, …, batch_T])``."""
+    return model.init(seed + k), [batches.batch_at(10 ** 6 + k * (T + 1) + t)
+                                  for t in range(T + 1)]
+
 
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
            clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
@@ -308,10 +316,8 @@ class MetaTrainer:
         model = self.problem.model
         out = {"l_p": [], "l_s": [], "residual": [], "loss_end": []}
         for k in range(starts):
-            w = model.init(seed + k)
+            w, batches = held_out_start(model, self.batches, self.T, k, seed)
             states = self.nets.zero_states(self.rows, self.xp, self.dtype)
-            batches = [self.batches.batch_at(10 ** 6 + k * (self.T + 1) + t)
-                       for t in range(self.T + 1)]
             res = unroll(self.nets, theta, self.problem, w, states, None, None, batches,
                          self.rows, lr=1.0, clip=self.clip, noise=None, backward=False,
                          record=False)
