@@ -29,13 +29,13 @@ from click.testing import CliRunner
 from hfmeta import backend, models
 from hfmeta.cli import cli
 from hfmeta.gradcheck import rel_error
-from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from hfmeta.meta.mlhf import MLHFNets
 from hfmeta.meta.mlhf_train import unroll
 from hfmeta.meta.registry import get_learned
-from hfmeta.model import Model
 from hfmeta.optim import OPTIMIZERS, get_optimizer
 from hfmeta.problem import Problem
+
+from test_mlhf import tiny_bn_convnet
 
 TOL = 1e-8
 LEARNED = ("mlhf", "l2l", "slstm")
@@ -114,16 +114,8 @@ def test_zoo_models_take_the_cpu_steps_on_the_gpu(gpu, model, name):
     assert rel_error(w_gpu, w_cpu) < TOL
 
 
-def _tiny_bn_convnet(device):
-    """All six parameter kinds (as tests/test_mlhf.py), on ``device``."""
-    net = Sequential([("conv1", Conv2d(2, 3, padding=1)), ("bn1", BatchNorm()), ("relu1", ReLU()),
-                      ("pool1", MaxPool2d(2, 2)), ("flatten", Flatten()), ("fc1", Linear(4)),
-                      ("bn2", BatchNorm()), ("relu2", ReLU()), ("fc2", Linear(3))])
-    return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
-
-
 def _mlhf_unroll(device, T=3):
-    model = _tiny_bn_convnet(device)
+    model = tiny_bn_convnet(device)
     xp = model.xp
     problem = Problem(model)
     rng = np.random.default_rng(0)

@@ -13,12 +13,12 @@ from hfmeta.params import KINDS
 from hfmeta.problem import Problem
 
 
-def tiny_bn_convnet():
+def tiny_bn_convnet(device="cpu"):
     """All six parameter kinds: conv weight/bias, fc weight/bias, BN gamma/beta."""
     net = Sequential([("conv1", Conv2d(2, 3, padding=1)), ("bn1", BatchNorm()), ("relu1", ReLU()),
                       ("pool1", MaxPool2d(2, 2)), ("flatten", Flatten()), ("fc1", Linear(4)),
                       ("bn2", BatchNorm()), ("relu2", ReLU()), ("fc2", Linear(3))])
-    return Model(net, (1, 4, 4), 3, dtype="float64", name="tiny")
+    return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
 
 
 def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0):
