@@ -182,7 +182,7 @@ def main():
     batches = ds.batches("meta", nets.b_mt, seed=0, dtype="float32",
                          augment=ds.default_augment)
     trainer = MetaTrainer(problem, batches, T=T, n=nets.n, hidden=nets.hidden,
-                          use_rnn_p=nets.use_rnn_p, seed=0)
+                          use_rnn_p=nets.use_rnn_p, inputs=nets.inputs, seed=0)
     theta0, n_s = trainer.theta, nets.size_s
     lines = [f"# MLHF probe: what RNN_p can buy ({args.model} on {args.data}, "
              f"{args.starts} held-out unrolls of T = {T})", "",

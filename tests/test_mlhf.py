@@ -21,13 +21,13 @@ def tiny_bn_convnet(device="cpu"):
     return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
 
 
-def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0):
+def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh"):
     model = tiny_bn_convnet()
     assert set(model.layout.kinds) == set(KINDS)
     problem = Problem(model)
     rng = np.random.default_rng(seed)
     batches = [(rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)) for _ in range(T + 1)]
-    nets = MLHFNets(use_rnn_p=use_rnn_p, n=4)
+    nets = MLHFNets(use_rnn_p=use_rnn_p, n=4, inputs=inputs)
     theta = nets.init(seed) + 0.3 * rng.standard_normal(nets.size)   # a generic point
     rows = nets.rows(model.layout)
     states = nets.zero_states(rows, np, np.float64)
@@ -44,9 +44,12 @@ def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0):
     return nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip
 
 
-def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients():
-    """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses."""
-    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup()
+@pytest.mark.parametrize("inputs", ["tanh", "logsign"])
+def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(inputs):
+    """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses
+    (with the paper's tanh inputs and with the L2L log/sign ones)."""
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(
+        inputs=inputs)
     res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
                  clip=clip, noise=noise)
     scales = [min(1.0, clip * np.linalg.norm(wt) / np.linalg.norm(d))
@@ -222,7 +225,34 @@ def test_meta_checkpoint_round_trip(tmp_path):
     trainer.save(str(path), command="test")
     opt = MLHF.from_meta(str(path), model)
     np.testing.assert_array_equal(opt.theta, trainer.theta)
-    assert opt.nets.b_mt == 4 and opt.lr_for(8) == 2.0
+    assert opt.nets.b_mt == 4 and opt.lr_for(8) == 2.0 and opt.nets.inputs == "tanh"
+
+
+def test_logsign_inputs_round_trip_and_a_mismatch_is_a_clear_error(tmp_path):
+    from hfmeta.errors import UserError
+    model = tiny_bn_convnet()
+    rng = np.random.default_rng(0)
+
+    class Stream:
+        batch_size = 4
+
+        def __next__(self):
+            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
+
+    trainer = MetaTrainer(Problem(model), Stream(), T=2, inputs="logsign", seed=3)
+    assert trainer.nets.rnn_s.n_inputs == 6          # (log|v|/p, sign v) for g, d_prev, r_prev
+    trainer.run(1)
+    path = tmp_path / "mlhf.h5"
+    trainer.save(str(path), command="test")
+    opt = MLHF.from_meta(str(path), model)
+    assert opt.nets.inputs == "logsign"
+    np.testing.assert_array_equal(opt.theta, trainer.theta)
+    with pytest.raises(UserError, match="inputs=logsign"):
+        MLHF.from_meta(str(path), model, inputs="tanh")
+    with pytest.raises(UserError, match="choose tanh or logsign"):
+        MLHFNets(inputs="log")
+    fresh = MLHF.from_meta(None, model, untrained=True, inputs="logsign")
+    assert fresh.theta.shape == trainer.theta.shape
 
 
 def test_missing_kind_is_a_clear_error():

@@ -17,6 +17,16 @@ a contiguous slice of the flat vector (:mod:`hfmeta.params`), so a bank group
 runs on ``vec[layout.kind_slice(kind)]``.  P is computed once per step from
 its inputs and reused in every PCG iteration (released code).
 
+Input preprocessing (option ``inputs``): ``"tanh"`` is the paper's (section
+4), the default.  On a CNN the three inputs are mostly 1e-5 .. 1e-1 per
+coordinate, where tanh is the identity: the untrained meta-nets then give
+the same s and P on every coordinate to four digits, and a meta-training of
+a few hundred iterations cannot grow the input weights far enough to make
+them differ.  ``"logsign"`` feeds each input as L2L's scale-free pair
+(log|v|/10, sign v) (Andrychowicz et al. 2016, appendix A; six features),
+so a coordinate's damping and preconditioner can depend on the magnitudes of
+its g, d_prev and r_prev from the first meta-iteration on (ours; say so).
+
 This module holds the meta-nets (:class:`MLHFNets`), the step shared by
 inference and meta-training (:func:`mlhf_direction`), and the optimizer
 (:class:`MLHF`).  Meta-training lives in :mod:`hfmeta.meta.mlhf_train`.
@@ -36,13 +46,13 @@ from ..params import KINDS
 from ..pcg import pcg
 from .bank import LSTMBank
 from .common import load_meta, save_meta
-from .preprocess import Softplus, Tanh, build_inputs
+from .preprocess import LogSign, Softplus, Tanh, build_inputs
 from .registry import shipped_path
 
 S_MIN = 2e-5        # s = RNN_s(...) + 2e-5 (METHODS.md, MLHF step 2)
 P_MIN = 1e-5        # keeps P > 0 when softplus underflows (ours; say so)
-TANH3 = (Tanh(), Tanh(), Tanh())
 SOFTPLUS = Softplus()
+INPUTS = {"tanh": Tanh, "logsign": LogSign}     # the preprocessing of g, d_prev, r_prev
 
 
 class MLHFNets:
@@ -50,22 +60,29 @@ class MLHFNets:
 
     ``theta`` is one flat vector ``[theta_s, theta_p]`` (``theta_p`` empty
     when ``use_rnn_p`` is false: the ablation without RNN_p uses P = I).
+    ``inputs`` names the preprocessing of the three RNN inputs (module
+    docstring): "tanh" (paper) or "logsign".
     """
 
     def __init__(self, hidden=(4, 4), kinds=KINDS, use_rnn_p=True, n=4,
-                 s_min=S_MIN, p_min=P_MIN, b_mt=64):
+                 s_min=S_MIN, p_min=P_MIN, b_mt=64, inputs="tanh"):
+        if inputs not in INPUTS:
+            raise UserError(f"MLHF inputs={inputs!r}: choose {' or '.join(INPUTS)}")
         self.hidden, self.kinds = tuple(hidden), tuple(kinds)
         self.use_rnn_p, self.n = bool(use_rnn_p), int(n)
         self.s_min, self.p_min, self.b_mt = float(s_min), float(p_min), int(b_mt)
-        self.rnn_s = LSTMBank.uniform(self.kinds, 3, self.hidden)
-        self.rnn_p = LSTMBank.uniform(self.kinds, 3, self.hidden) if use_rnn_p else None
+        self.inputs = inputs
+        self.preprocess = (INPUTS[inputs](),) * 3
+        n_features = sum(pp.n_features for pp in self.preprocess)
+        self.rnn_s = LSTMBank.uniform(self.kinds, n_features, self.hidden)
+        self.rnn_p = LSTMBank.uniform(self.kinds, n_features, self.hidden) if use_rnn_p else None
         self.size_s = self.rnn_s.size
         self.size = self.size_s + (self.rnn_p.size if use_rnn_p else 0)
 
     def config(self):
         return {"hidden": list(self.hidden), "kinds": list(self.kinds),
                 "use_rnn_p": self.use_rnn_p, "n": self.n, "s_min": self.s_min,
-                "p_min": self.p_min, "b_mt": self.b_mt}
+                "p_min": self.p_min, "b_mt": self.b_mt, "inputs": self.inputs}
 
     def split(self, theta):
         """``(theta_s, theta_p)`` views of the flat meta-parameters."""
@@ -104,7 +121,7 @@ class MLHFNets:
         config, banks, extra = load_meta(path, "mlhf", xp, dtype)
         nets = cls(hidden=config["hidden"], kinds=config["kinds"], use_rnn_p=config["use_rnn_p"],
                    n=config["n"], s_min=config["s_min"], p_min=config["p_min"],
-                   b_mt=config["b_mt"])
+                   b_mt=config["b_mt"], inputs=config.get("inputs", "tanh"))
         parts = [banks["rnn_s"][1]] + ([banks["rnn_p"][1]] if nets.use_rnn_p else [])
         theta = xp.concatenate(parts) if len(parts) > 1 else parts[0]
         if theta.shape != (nets.size,):
@@ -143,7 +160,7 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     zeros = None if d_prev is not None and r_prev is not None else xp.zeros_like(g)
     d0 = zeros if d_prev is None else d_prev
     rp = zeros if r_prev is None else r_prev
-    x_s = build_inputs(TANH3, (g, d0, rp)) if inputs is None else inputs[0]
+    x_s = build_inputs(nets.preprocess, (g, d0, rp)) if inputs is None else inputs[0]
     out_s, states["s"], cache_s = nets.rnn_s.step(theta_s, states["s"], x_s, rows,
                                                   keep_cache=record)
     s = SOFTPLUS.forward(out_s[:, 0])
@@ -156,7 +173,7 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     r0 = g if x0 is None else g - apply_A(x0)
     P = out_p = cache_p = x_p = None
     if nets.use_rnn_p:
-        x_p = build_inputs(TANH3, (g, d0, r0)) if inputs is None else inputs[1]
+        x_p = build_inputs(nets.preprocess, (g, d0, r0)) if inputs is None else inputs[1]
         out_p, states["p"], cache_p = nets.rnn_p.step(theta_p, states["p"], x_p, rows,
                                                       keep_cache=record)
         P = SOFTPLUS.forward(out_p[:, 0])
@@ -187,8 +204,9 @@ class MLHF(Optimizer):
         self.rows = nets.rows(model.layout) if model is not None else None
 
     @classmethod
-    def from_meta(cls, path, model, untrained=False, seed=0, **hparams):
-        """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh meta-nets).
+    def from_meta(cls, path, model, untrained=False, seed=0, inputs=None, **hparams):
+        """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh
+        meta-nets with input preprocessing ``inputs``).
 
         Transfer: meta-parameters are per parameter kind, so they apply to any
         model whose kinds were all seen in meta-training (``resnet-mini`` →
@@ -197,7 +215,7 @@ class MLHF(Optimizer):
         xp = model.xp if model is not None else np
         dtype = model.dtype if model is not None else np.float64
         if untrained:
-            nets = MLHFNets()
+            nets = MLHFNets(inputs=inputs or "tanh")
             return cls(nets, nets.init(seed, xp, dtype), model, **hparams)
         if path is None:
             path = shipped_path("mlhf")
@@ -205,6 +223,8 @@ class MLHF(Optimizer):
                 raise UserError("no shipped MLHF meta-parameters; run `hfmeta meta-train "
                                 "--method mlhf` or pass --meta")
         nets, theta, config, _ = MLHFNets.load(path, xp, dtype)
+        if inputs is not None and inputs != nets.inputs:
+            raise UserError(f"{path} was meta-trained with inputs={nets.inputs}, not {inputs}")
         trained = config.get("trained_kinds")
         if model is not None and trained is not None:
             untrained_kinds = [k for k in model.layout.kinds if k not in trained]

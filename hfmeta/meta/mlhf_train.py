@@ -239,18 +239,22 @@ class MetaTrainer:
     weights every this many meta-iterations), ``clip``/``noise`` (the
     released code's step clip and noise), ``train`` (which meta-nets learn:
     "sp" both, the paper; "s" or "p" keeps the other at its initialisation,
-    or at the values of ``resume_from``), ``seed``.
+    or at the values of ``resume_from``), ``inputs`` (the RNN input
+    preprocessing, "tanh" as in the paper or "logsign", see
+    :mod:`hfmeta.meta.mlhf`), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
-                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", seed=0):
+                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
+                 seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
         self.T, self.reset_prob, self.store_every = int(T), float(reset_prob), int(store_every)
         self.clip, self.noise = clip, noise
-        self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size)
+        self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size,
+                              inputs=inputs)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
