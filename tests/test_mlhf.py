@@ -289,3 +289,42 @@ def test_transfer_resnet_mini_to_resnet18v2_and_kind_mismatch(tmp_path):
     # cnn-small has conv biases, which ResNets (no conv biases) never meta-trained
     with pytest.raises(UserError, match="conv.bias"):
         MLHF.from_meta(path, build("cnn-small", (3, 8, 8), 3, dtype="float64"))
+
+
+def test_evaluate_scores_every_theta_on_the_same_recorded_states():
+    """MetaTrainer.evaluate: l_p and l_s at the held-out windows' recorded states (the
+    reference = untrained meta-nets' run), loss_end from theta's own steps."""
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+
+    class Stream:
+        batch_size = 4
+
+        def batch_at(self, step):
+            rng = np.random.default_rng(step)
+            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
+
+    trainer = MetaTrainer(problem, Stream(), T=2, seed=3)
+    reference = trainer.nets.init(0)
+    windows = trainer.held_out(starts=2, warm=(0, 3))
+    assert len(windows) == 4 and trainer.held_out(starts=2, warm=(0, 3)) is windows
+    fresh = [model.init(12345 + j) for j in range(2)]
+    np.testing.assert_array_equal(windows[0][0], fresh[0])                # k = 0: fresh nets
+    assert not np.allclose(windows[2][0], fresh[0])                       # k = 3: trained 3 steps
+    zero = lambda: trainer.nets.zero_states(trainer.rows, np, np.float64)  # noqa: E731
+    own = [unroll(trainer.nets, reference, problem, w, zero(), None, None, b, trainer.rows,
+                  backward=False) for w, b, _ in windows]
+    ev_ref = trainer.evaluate(reference, starts=2, warm=(0, 3))
+    # at the reference the recorded states are its own: the same numbers as its rollouts
+    assert ev_ref["l_p"] == pytest.approx(np.mean([r.l_p for r in own]), rel=1e-12)
+    assert ev_ref["l_s"] == pytest.approx(np.mean([r.l_s for r in own]), rel=1e-12)
+    assert ev_ref["loss_end"] == pytest.approx(np.mean([r.stats["loss_end"] for r in own]),
+                                               rel=1e-12)
+    # another theta is scored on those same states (the windows are not re-recorded)
+    theta = reference + 0.3 * np.random.default_rng(1).standard_normal(reference.size)
+    ev = trainer.evaluate(theta, starts=2, warm=(0, 3))
+    assert trainer.held_out(starts=2, warm=(0, 3)) is windows
+    fixed = [unroll(trainer.nets, theta, problem, w, zero(), None, None, b, trainer.rows,
+                    frozen=f, backward=False) for w, b, f in windows]
+    assert ev["l_p"] == pytest.approx(np.mean([r.l_p for r in fixed]), rel=1e-12)
+    assert ev["l_p"] != pytest.approx(ev_ref["l_p"], rel=1e-9)
