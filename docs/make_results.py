@@ -724,7 +724,11 @@ def render_fig2(e):
                        f"{un:.2f}× ({r['mlhf_untrained']['train_loss']['mean']:.4f} vs "
                        f"{r['mlhf']['train_loss']['mean']:.4f}); test accuracy "
                        f"{100 * r['mlhf_untrained']['test_acc']['mean']:.1f}% vs "
-                       f"{100 * acc_m:.1f}%"), ""]
+                       f"{100 * acc_m:.1f}%"), "",
+          "Why the meta-trained meta-nets lose here: meta-training teaches RNN_s the damping "
+          "that is best over its 10-step unrolls. That damping rises during a run to about "
+          "1.5, and over 10 epochs a smaller one wins. This is a short-horizon bias, measured "
+          "in [`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md).", ""]
     return L
 
 
@@ -819,7 +823,10 @@ def render_fig4(e):
          f"b_mt = {r['batch']}, meta lr 0.01, seed {r['seed']}) on `{e['model']}`; "
          f"`meta-train` also evaluates l_p, l_s and ‖r_n‖ on the same fixed held-out unrolls "
          f"(3 fresh nets × T steps, no step noise) before and after, which compares the "
-         f"configurations under identical conditions. Lower (more negative) l_p = a direction "
+         f"configurations under identical conditions (these numbers were made by that "
+         f"rollout evaluation; `meta-train` now scores l_p and l_s at fixed recorded states "
+         f"instead, see `MetaTrainer.evaluate`, and a re-run of this experiment gives "
+         f"different held-out columns). Lower (more negative) l_p = a direction "
          f"more aligned with the natural gradient; ‖r_n‖ = how far PCG is from converging.", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
          "| config | l_p along meta-training (mean) | ‖r_n‖ along meta-training (mean) | held-out l_p before → after | held-out ‖r_n‖ before → after | meta-training wall (s) |",
