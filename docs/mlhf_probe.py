@@ -9,9 +9,11 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    −sqrt(gᵀA⁻¹g), which rises (gets worse) when s grows.  So l_p of two
    meta-trained MLHFs differs through RNN_s as well as through RNN_p.  The
    table evaluates the four mixtures of initial (0) and meta-trained (1)
-   RNN_s and RNN_p of ``--meta`` on the same held-out unrolls
-   (:meth:`hfmeta.meta.mlhf_train.MetaTrainer.evaluate`: fresh target nets,
-   fixed meta-split batches, T = 10, no step noise).
+   RNN_s and RNN_p of ``--meta`` with
+   :meth:`hfmeta.meta.mlhf_train.MetaTrainer.evaluate`: l_p, l_s and ‖r_n‖ at
+   the fixed recorded states of ``--starts`` fresh and as many 30-step-trained
+   target nets (T = 10, no step noise), the final loss after each mixture's own
+   T steps from those nets.
 
 2. **How far a diagonal preconditioner can close the gap to n = 20** at one
    fixed damping s = softplus(0) + 2e-5 (the untrained RNN_s): the same
@@ -189,6 +191,9 @@ def main():
              f"Made by `python docs/mlhf_probe.py --meta {os.path.relpath(args.meta)} "
              f"--starts {args.starts}`; see the script's docstring for what is measured.", "",
              "## 1. l_p moves with RNN_s's damping", "",
+             f"`MetaTrainer.evaluate`: {args.starts} fresh and {args.starts} 30-step-trained "
+             f"nets, meta-losses at fixed recorded states, final loss after each row's own "
+             f"T steps.", "",
              "| RNN_s | RNN_p | l_p | l_s | mean ‖r_n‖ | final loss |", "|---|---|---|---|---|---|"]
     for name_s, th_s in (("initial", theta0), ("meta-trained", theta1)):
         for name_p, th_p in (("initial", theta0), ("meta-trained", theta1)):

@@ -270,6 +270,7 @@ class MetaTrainer:
         self.iteration = 0
         self.w = None
         self._pending = None            # the last batch of an unroll starts the next one
+        self._held_out = (None, None)   # (arguments, windows) of held_out()
 
     def _fresh_weights(self):
         return self.problem.model.init(int(self.rng.integers(2 ** 31)))
@@ -321,8 +322,9 @@ class MetaTrainer:
         fresh and some partly trained ones.  Returns ``[(w, batches, frozen)]``.
         """
         key = (int(starts), tuple(warm), int(seed))
-        if getattr(self, "_held_out", (None,))[0] != key:
-            model, reference, windows = self.problem.model, self.nets.init(0, self.xp, self.dtype), []
+        if self._held_out[0] != key:
+            model, windows = self.problem.model, []
+            reference = self.nets.init(0, self.xp, self.dtype)
             for k in warm:
                 for j in range(starts):
                     w, batches = held_out_start(model, self.batches, self.T, j, seed, warm=k)
