@@ -164,6 +164,11 @@ class _RandomStream:
     def __next__(self):
         return self.rng.standard_normal((4, 1, 4, 4)), self.rng.integers(0, 3, 4)
 
+    def batch_at(self, step):
+        """The fixed batch number ``step`` (what held-out evaluation reads)."""
+        rng = np.random.default_rng(step)
+        return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
+
 
 class _RandomStream32(_RandomStream):
     def __next__(self):
@@ -211,15 +216,7 @@ def test_optimizer_state_round_trip_continues_identically():
 def test_meta_checkpoint_round_trip(tmp_path):
     model = tiny_bn_convnet()
     problem = Problem(model)
-    rng = np.random.default_rng(0)
-
-    class Stream:
-        batch_size = 4
-
-        def __next__(self):
-            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
-
-    trainer = MetaTrainer(problem, Stream(), T=2, seed=3)
+    trainer = MetaTrainer(problem, _RandomStream(), T=2, seed=3)
     trainer.run(2)
     path = tmp_path / "mlhf.h5"
     trainer.save(str(path), command="test")
@@ -231,15 +228,7 @@ def test_meta_checkpoint_round_trip(tmp_path):
 def test_logsign_inputs_round_trip_and_a_mismatch_is_a_clear_error(tmp_path):
     from hfmeta.errors import UserError
     model = tiny_bn_convnet()
-    rng = np.random.default_rng(0)
-
-    class Stream:
-        batch_size = 4
-
-        def __next__(self):
-            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
-
-    trainer = MetaTrainer(Problem(model), Stream(), T=2, inputs="logsign", seed=3)
+    trainer = MetaTrainer(Problem(model), _RandomStream(), T=2, inputs="logsign", seed=3)
     assert trainer.nets.rnn_s.n_inputs == 6          # (log|v|/p, sign v) for g, d_prev, r_prev
     trainer.run(1)
     path = tmp_path / "mlhf.h5"
@@ -297,23 +286,15 @@ def test_evaluate_scores_every_theta_on_the_same_recorded_states():
     model = tiny_bn_convnet()
     problem = Problem(model)
 
-    class Stream:
-        batch_size = 4
-
-        def batch_at(self, step):
-            rng = np.random.default_rng(step)
-            return rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
-
-    trainer = MetaTrainer(problem, Stream(), T=2, seed=3)
+    trainer = MetaTrainer(problem, _RandomStream(), T=2, seed=3)
     reference = trainer.nets.init(0)
     windows = trainer.held_out(starts=2, warm=(0, 3))
     assert len(windows) == 4 and trainer.held_out(starts=2, warm=(0, 3)) is windows
     fresh = [model.init(12345 + j) for j in range(2)]
     np.testing.assert_array_equal(windows[0][0], fresh[0])                # k = 0: fresh nets
     assert not np.allclose(windows[2][0], fresh[0])                       # k = 3: trained 3 steps
-    zero = lambda: trainer.nets.zero_states(trainer.rows, np, np.float64)  # noqa: E731
-    own = [unroll(trainer.nets, reference, problem, w, zero(), None, None, b, trainer.rows,
-                  backward=False) for w, b, _ in windows]
+    own = [unroll(trainer.nets, reference, problem, w, trainer._zero_states(), None, None, b,
+                  trainer.rows, backward=False) for w, b, _ in windows]
     ev_ref = trainer.evaluate(reference, starts=2, warm=(0, 3))
     # at the reference the recorded states are its own: the same numbers as its rollouts
     assert ev_ref["l_p"] == pytest.approx(np.mean([r.l_p for r in own]), rel=1e-12)
@@ -324,7 +305,7 @@ def test_evaluate_scores_every_theta_on_the_same_recorded_states():
     theta = reference + 0.3 * np.random.default_rng(1).standard_normal(reference.size)
     ev = trainer.evaluate(theta, starts=2, warm=(0, 3))
     assert trainer.held_out(starts=2, warm=(0, 3)) is windows
-    fixed = [unroll(trainer.nets, theta, problem, w, zero(), None, None, b, trainer.rows,
-                    frozen=f, backward=False) for w, b, f in windows]
+    fixed = [unroll(trainer.nets, theta, problem, w, trainer._zero_states(), None, None, b,
+                    trainer.rows, frozen=f, backward=False) for w, b, f in windows]
     assert ev["l_p"] == pytest.approx(np.mean([r.l_p for r in fixed]), rel=1e-12)
     assert ev["l_p"] != pytest.approx(ev_ref["l_p"], rel=1e-9)

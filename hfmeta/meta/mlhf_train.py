@@ -272,6 +272,10 @@ class MetaTrainer:
         self._pending = None            # the last batch of an unroll starts the next one
         self._held_out = (None, None)   # (arguments, windows) of held_out()
 
+    def _zero_states(self):
+        """Zero LSTM states of both meta-nets (the start of an unroll after a reset)."""
+        return self.nets.zero_states(self.rows, self.xp, self.dtype)
+
     def _fresh_weights(self):
         return self.problem.model.init(int(self.rng.integers(2 ** 31)))
 
@@ -280,7 +284,7 @@ class MetaTrainer:
         w = self.replay.sample(self.rng, self._fresh_weights)
         model = self.problem.model
         self.w = backend.to_device(np.asarray(backend.asnumpy(w), dtype=model.dtype), model.device)
-        self.states = self.nets.zero_states(self.rows, self.xp, self.dtype)
+        self.states = self._zero_states()
         self.d_prev = self.r_prev = None
 
     def meta_step(self):
@@ -329,14 +333,12 @@ class MetaTrainer:
                 for j in range(starts):
                     w, batches = held_out_start(model, self.batches, self.T, j, seed, warm=k)
                     if k:
-                        w = unroll(self.nets, reference, self.problem, w,
-                                   self.nets.zero_states(self.rows, self.xp, self.dtype), None,
-                                   None, batches[:k + 1], self.rows, clip=self.clip,
+                        w = unroll(self.nets, reference, self.problem, w, self._zero_states(),
+                                   None, None, batches[:k + 1], self.rows, clip=self.clip,
                                    backward=False, record=False).w
                     batches = batches[k:]
-                    frozen = unroll(self.nets, reference, self.problem, w,
-                                    self.nets.zero_states(self.rows, self.xp, self.dtype), None,
-                                    None, batches, self.rows, clip=self.clip,
+                    frozen = unroll(self.nets, reference, self.problem, w, self._zero_states(),
+                                    None, None, batches, self.rows, clip=self.clip,
                                     backward=False).frozen
                     windows.append((w, batches, frozen))
             self._held_out = (key, windows)
@@ -364,11 +366,9 @@ class MetaTrainer:
         theta = self.theta if theta is None else theta
         out = {"l_p": [], "l_s": [], "residual": [], "loss_end": []}
         for w, batches, frozen in self.held_out(starts, warm, seed):
-            fixed = unroll(self.nets, theta, self.problem, w,
-                           self.nets.zero_states(self.rows, self.xp, self.dtype), None, None,
+            fixed = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
                            batches, self.rows, clip=self.clip, frozen=frozen, backward=False)
-            own = unroll(self.nets, theta, self.problem, w,
-                         self.nets.zero_states(self.rows, self.xp, self.dtype), None, None,
+            own = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
                          batches, self.rows, clip=self.clip, backward=False, record=False)
             for key, value in (("l_p", fixed.l_p), ("l_s", fixed.l_s),
                                ("residual", fixed.stats["residual"]),
