@@ -821,12 +821,12 @@ def render_fig4(e):
          f"RNN_p, n = 4; (3) RNN_p, n = 2; (4) RNN_p, n = 4. Here each configuration is "
          f"meta-trained for only **{r['iters']} meta-iterations** (unrolls of T = {r['T']}, "
          f"b_mt = {r['batch']}, meta lr 0.01, seed {r['seed']}) on `{e['model']}`; "
-         f"`meta-train` also evaluates l_p, l_s and ‖r_n‖ on the same fixed held-out unrolls "
-         f"(3 fresh nets × T steps, no step noise) before and after, which compares the "
-         f"configurations under identical conditions (these numbers were made by that "
-         f"rollout evaluation; `meta-train` now scores l_p and l_s at fixed recorded states "
-         f"instead, see `MetaTrainer.evaluate`, and a re-run of this experiment gives "
-         f"different held-out columns). Lower (more negative) l_p = a direction "
+         f"`meta-train` also evaluates l_p, l_s and ‖r_n‖ before and after on fixed held-out "
+         f"windows of T steps (`MetaTrainer.evaluate`): 4 fresh nets of the meta split and "
+         f"the same 4 nets after 30 steps of the default untrained MLHF, identical for every "
+         f"configuration; each configuration's untrained meta-nets record the T steps' "
+         f"states, and the meta-losses are taken at those states with the paper's "
+         f"stop-gradients, so before → after is the meta-nets' doing. Lower (more negative) l_p = a direction "
          f"more aligned with the natural gradient; ‖r_n‖ = how far PCG is from converging.", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
          "| config | l_p along meta-training (mean) | ‖r_n‖ along meta-training (mean) | held-out l_p before → after | held-out ‖r_n‖ before → after | meta-training wall (s) |",
@@ -869,7 +869,12 @@ def render_fig4(e):
     moved = {k: C[k]["evaluation"]["after"]["l_p"] - C[k]["evaluation"]["before"]["l_p"] for k in C}
     L += ["At initialisation RNN_p outputs nearly the same P on every coordinate "
           "(softplus of a near-zero output), and PCG with P = c·I takes exactly the CG steps, "
-          "so configurations (2) and (4) can only differ by what RNN_p has learned.", "",
+          "so configurations (2) and (4) can only differ by what RNN_p has learned. "
+          f"After {r['iters']} meta-iterations their held-out l_p differ by "
+          f"{abs(lp['2'] - lp['4']):.4f} and their ‖r_n‖ by {abs(rr['2'] - rr['4']):.4f}, "
+          f"while each moved by {moved['2']:+.4f} and {moved['4']:+.4f} in l_p: the move is "
+          "RNN_s's (both train the same RNN_s; a larger damping raises l_p, "
+          "[`mlhf_probe.md`](mlhf_probe.md) section 1), not RNN_p's.", "",
           f"How much {r['iters']} meta-iterations moved the held-out l_p: " +
           ", ".join(f"({k}) {v:+.4f}" for k, v in moved.items()) +
           ". Differences between configurations much larger than these moves are structural "

@@ -7,7 +7,7 @@ import pytest
 from hfmeta.gradcheck import central_difference, rel_error
 from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from hfmeta.meta.mlhf import MLHF, MLHFNets
-from hfmeta.meta.mlhf_train import MetaTrainer, unroll
+from hfmeta.meta.mlhf_train import MetaTrainer, held_out_start, unroll
 from hfmeta.model import Model
 from hfmeta.params import KINDS
 from hfmeta.problem import Problem
@@ -309,3 +309,28 @@ def test_evaluate_scores_every_theta_on_the_same_recorded_states():
                     trainer.rows, frozen=f, backward=False) for w, b, f in windows]
     assert ev["l_p"] == pytest.approx(np.mean([r.l_p for r in fixed]), rel=1e-12)
     assert ev["l_p"] != pytest.approx(ev_ref["l_p"], rel=1e-9)
+
+
+def test_held_out_windows_start_from_the_same_nets_in_every_configuration():
+    """The warm-up of the held-out nets is the default untrained MLHF's, whatever the
+    trainer's configuration, so configurations (Figure 4's ablation) are scored from the
+    same nets; the T recorded steps are each configuration's own reference's."""
+    problem = Problem(tiny_bn_convnet())
+    default = MetaTrainer(problem, _RandomStream(), T=2, seed=3)
+    ablation = MetaTrainer(problem, _RandomStream(), T=2, n=2, use_rnn_p=False,
+                           inputs="logsign", seed=3)
+    a, b = default.held_out(starts=2, warm=(3,)), ablation.held_out(starts=2, warm=(3,))
+    for (w_a, batches_a, frozen_a), (w_b, batches_b, frozen_b) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(w_a, w_b)
+        for (x_a, y_a), (x_b, y_b) in zip(batches_a, batches_b, strict=True):
+            np.testing.assert_array_equal(x_a, x_b)
+        # the windows' own steps differ: n = 2 without RNN_p is another optimizer
+        assert not np.allclose(frozen_a.w[-1], frozen_b.w[-1])
+    # and the warm-up is the default untrained MLHF's 3 steps from the fresh net
+    fresh, batches = held_out_start(problem.model, default.batches, 2, 0, warm=3)
+    nets = MLHFNets(b_mt=_RandomStream.batch_size)
+    warm = unroll(nets, nets.init(0), problem, fresh, nets.zero_states(default.rows, np, np.float64),
+                  None, None, batches[:4], default.rows, clip=default.clip, backward=False,
+                  record=False).w
+    assert not np.allclose(warm, fresh)
+    np.testing.assert_array_equal(a[0][0], warm)
