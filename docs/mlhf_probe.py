@@ -51,9 +51,8 @@ import numpy as np
 
 from hfmeta.data import open_dataset
 from hfmeta.diagonal import exact_diag_ggn
-from hfmeta.meta.mlhf import S_MIN, MLHFNets
-from hfmeta.meta.mlhf_train import (LS_WEIGHT, STEP_CLIP, MetaTrainer, clip_step, held_out_start,
-                                     l_p_term)
+from hfmeta.meta.mlhf import S_MIN, MLHFNets, clip_step
+from hfmeta.meta.mlhf_train import LS_WEIGHT, STEP_CLIP, MetaTrainer, held_out_start, l_p_term
 from hfmeta.meta.registry import shipped_path
 from hfmeta.models import build
 from hfmeta.pcg import pcg, pcg_backward

@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import pytest
 
+from hfmeta.errors import UserError
 from hfmeta.gradcheck import central_difference, rel_error
 from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from hfmeta.meta.mlhf import MLHF, MLHFNets
@@ -211,6 +212,32 @@ def test_optimizer_state_round_trip_continues_identically():
     w2, _, _ = opt.step(problem, w, restored, batches[2])
     np.testing.assert_array_equal(w1, w2)
     assert info["loss"] > 0 and np.isfinite(info["residual"])
+
+
+def test_clip_limits_the_step_to_a_fraction_of_the_weights():
+    """``clip``: ‖w_new − w‖ = clip·‖w‖ when the step is longer, the paper's step otherwise;
+    the next step warm-starts from the unclipped d either way."""
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4))
+    w = model.init(0)
+    free = MLHF.from_meta(None, model, untrained=True, lr=1.0)
+    w_free, state_free, info_free = free.step(problem, w, free.init(w), batch)
+    step = np.linalg.norm(w_free - w)
+    assert info_free["step_norm"] == pytest.approx(step, rel=1e-12)
+    tight = step / np.linalg.norm(w) / 3            # the free step is 3 x the limit
+    for clip, expected in ((tight, step / 3), (3 * step / np.linalg.norm(w), step)):
+        opt = MLHF.from_meta(None, model, untrained=True, lr=1.0, clip=clip)
+        w_new, state, info = opt.step(problem, w, opt.init(w), batch)
+        assert np.linalg.norm(w_new - w) == pytest.approx(expected, rel=1e-12)
+        assert info["step_norm"] == pytest.approx(expected, rel=1e-12)
+        np.testing.assert_allclose(w_new, w - (expected / step) * state_free["d_prev"],
+                                   rtol=1e-12, atol=1e-300)
+        np.testing.assert_array_equal(state["d_prev"], state_free["d_prev"])
+    for bad in (0, -0.1, "big", True):
+        with pytest.raises(UserError, match="clip"):
+            MLHF.from_meta(None, model, untrained=True, clip=bad)
 
 
 def test_meta_checkpoint_round_trip(tmp_path):

@@ -182,6 +182,17 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     return Direction(s, P, out_s, out_p, result, apply_A, cache_s, cache_p, x_s, x_p)
 
 
+def clip_step(d, w, lr, clip):
+    """Scale of the clipped step ``lr·d``: ``min(1, clip·‖w‖ / (lr‖d‖))`` (1 when ``clip``
+    is 0 or None).  The released code clips during meta-training with clip = 0.25."""
+    if not clip:
+        return 1.0
+    xp = backend.get_array_module(d)
+    norm_d = float(xp.linalg.norm(d))
+    limit = clip * float(xp.linalg.norm(w)) / lr
+    return 1.0 if norm_d <= limit or norm_d == 0 else limit / norm_d
+
+
 class MLHF(Optimizer):
     """The MLHF optimizer (inference): meta-trained RNN_s, RNN_p and 4-step PCG.
 
@@ -191,14 +202,26 @@ class MLHF(Optimizer):
     batch, Martens' practice; None = the whole batch).  State: the LSTM states
     of both RNNs per kind and the previous PCG solution ``d_prev`` and residual
     ``r_prev`` -- all checkpointable.
+
+    ``clip`` (default None, the paper: no safeguard at inference) limits each
+    step as meta-training does, ``‖lr·d‖ ≤ clip·‖w‖`` (the released code's
+    0.25 during meta-training): a run whose first steps overshoot -- small
+    damping, or meta-nets from another model -- then shrinks the step
+    instead of diverging.  The next step still warm-starts from the unclipped
+    d, as in meta-training.
     """
 
     name = "mlhf"
-    defaults = {"lr": "auto", "n": None, "curvature_batch": None}
+    defaults = {"lr": "auto", "n": None, "curvature_batch": None, "clip": None}
 
     def __init__(self, nets: MLHFNets, theta, model=None, **hparams):
         super().__init__(**hparams)
         self.nets, self.theta = nets, theta
+        clip = self.hparams["clip"]
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise UserError(f"mlhf: clip={clip!r}: give a positive number (the largest step "
+                            f"as a fraction of ‖w‖) or leave it out")
         if self.hparams["n"] is not None:
             nets.n = int(self.hparams["n"])
         self.rows = nets.rows(model.layout) if model is not None else None
@@ -254,9 +277,12 @@ class MLHF(Optimizer):
         d, r = dirn.pcg.x, dirn.pcg.r
         lr = self.lr_for(batch[0].shape[0])
         new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm}
-        info = {"loss": float(f), "step_norm": lr * self.norm(d), "lr": lr,
+        scale = clip_step(d, w, lr, self.clip)
+        info = {"loss": float(f), "step_norm": scale * lr * self.norm(d), "lr": lr,
                 "residual": self.norm(r), "damping_mean": float(dirn.s.mean())}
-        return w - lr * d, new_state, info
+        if self.clip:
+            info["clip_scale"] = scale
+        return w - (scale * lr) * d, new_state, info
 
     # -- checkpointing: flatten the nested LSTM states ---------------------------------
     def state_to_dict(self, state):

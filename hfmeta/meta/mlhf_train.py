@@ -45,7 +45,7 @@ from .. import backend
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
-from .mlhf import SOFTPLUS, MLHFNets, mlhf_direction
+from .mlhf import SOFTPLUS, MLHFNets, clip_step, mlhf_direction
 from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
@@ -75,16 +75,6 @@ class UnrollResult:
     r_prev: object
     frozen: Frozen
     stats: dict
-
-
-def clip_step(d, w, lr, clip):
-    """Scale of the clipped step: ``min(1, clip·‖w‖ / (lr‖d‖))`` (1 when ``clip`` is 0)."""
-    if not clip:
-        return 1.0
-    xp = backend.get_array_module(d)
-    norm_d = float(xp.linalg.norm(d))
-    limit = clip * float(xp.linalg.norm(w)) / lr
-    return 1.0 if norm_d <= limit or norm_d == 0 else limit / norm_d
 
 
 def clip_step_vjp(d, scale, y):
