@@ -727,8 +727,10 @@ def render_fig2(e):
                        f"{100 * acc_m:.1f}%"), "",
           "Why the meta-trained meta-nets lose here: meta-training teaches RNN_s the damping "
           "that is best over its 10-step unrolls. That damping rises during a run to about "
-          "1.5, and over 10 epochs a smaller one wins. This is a short-horizon bias, measured "
-          "in [`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md).", ""]
+          "1.5, and over 10 epochs a smaller one wins; the meta-trained RNN_s accounts for "
+          "all of the difference, its RNN_p for none. This is a short-horizon bias, measured "
+          "in [`mlhf_damping.md`](mlhf_damping.md) (`python docs/mlhf_damping.py`) and "
+          "explained in [`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md).", ""]
     return L
 
 

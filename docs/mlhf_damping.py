@@ -1,0 +1,196 @@
+"""Why the meta-trained MLHF loses to its untrained meta-nets over a whole run: the damping.
+
+Writes ``docs/mlhf_damping.md`` (and prints it)::
+
+    python docs/mlhf_damping.py [--meta FILE] [--seeds 0,1,2,3,4] [--jobs 2]
+
+Every MLHF below has the shipped file's configuration (RNN_s and RNN_p of
+two layers of 4 units, n = 4, tanh inputs, b_mt = 128) and differs only in
+its meta-parameters:
+
+* ``untrained`` -- ``MLHFNets.init(0)``: s ≈ softplus(0) ≈ 0.69 everywhere;
+* ``meta-trained`` -- the ``--meta`` file (default: the shipped one);
+* the two mixtures -- meta-trained RNN_s with the initial RNN_p and the
+  other way round (which of the two nets makes the difference);
+* ``constant s`` -- the initial RNN_p and an RNN_s whose output layer is
+  zeroed, with the output bias set so that softplus(bias) + s_min = s.
+
+1. **Over the meta-objective's horizon** (:meth:`MetaTrainer.evaluate`,
+   ``--starts`` fresh nets of the meta split and the same nets after 30 steps
+   of the untrained MLHF): l_s (the paper's softmax-weighted one-step loss
+   changes, × 10) at fixed recorded states, and the training loss after the
+   optimizer's own T = 10 steps.
+2. **Over a whole run**: ``hfmeta train -o mlhf --split target -b 128
+   --epochs E`` from a fresh net, per seed; the mean training loss of the last
+   epoch, and RNN_s's mean damping at the first step, the end of the first
+   epoch and the last step (the ``damping_mean`` column of ``metrics.jsonl``).
+
+If the damping that wins in 1 is larger than the one that wins in 2, the
+meta-objective has a short-horizon bias (Wu, Ren, Liao & Grosse, ICLR 2018):
+it learns what is best for 10 steps, not for a run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})   # before NumPy
+import numpy as np  # noqa: E402
+
+from hfmeta.data import open_dataset
+from hfmeta.meta.mlhf import MLHFNets
+from hfmeta.meta.mlhf_train import MetaTrainer
+from hfmeta.meta.registry import shipped_path
+from hfmeta.models import build
+from hfmeta.problem import Problem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONSTANT_S = (0.35, 0.5, 1.0, 1.5, 2.2)
+
+
+def constant_damping(nets, theta, s):
+    """``theta`` with RNN_s giving s on every coordinate: output weights 0,
+    output bias softplus⁻¹(s − s_min) = log(expm1(s − s_min))."""
+    theta = theta.copy()
+    theta_s = nets.split(theta)[0]
+    for kind, sl in nets.rnn_s.theta_slices.items():
+        views = nets.rnn_s.lstms[kind].views(theta_s[sl])
+        views["out.weight"][...] = 0
+        views["out.bias"][...] = math.log(math.expm1(s - nets.s_min))
+    return theta
+
+
+def variants(nets, initial, trained):
+    """``{name: theta}`` of the optimizers compared (module docstring)."""
+    n_s = nets.size_s
+    out = {"untrained": initial, "meta-trained": trained,
+           "meta-trained RNN_s, initial RNN_p": np.concatenate([trained[:n_s], initial[n_s:]]),
+           "initial RNN_s, meta-trained RNN_p": np.concatenate([initial[:n_s], trained[n_s:]])}
+    for s in CONSTANT_S:
+        out[f"constant s = {s:g}"] = constant_damping(nets, initial, s)
+    return out
+
+
+def train_command(meta, seed, epochs, out):
+    return ["hfmeta", "-q", "--seed", str(seed), "train", "-o", "mlhf", "--meta", meta,
+            "--split", "target", "-b", "128", "--epochs", f"{epochs:g}", "--out", out]
+
+
+def run_summary(run_dir):
+    """Last-epoch mean training loss and damping at step 1, end of epoch 1, last step
+    (None when the run did not finish, e.g. diverged)."""
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(summary_path):
+        return None
+    summary = json.load(open(summary_path))
+    steps = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    steps = [x for x in steps if x["kind"] == "step"]
+    epochs = json.load(open(os.path.join(run_dir, "config.json")))["epochs"]
+    per_epoch = min(len(steps), round(summary["steps"] / epochs))
+    damping = [x["damping_mean"] for x in steps]
+    return {"loss": float(np.mean([x["loss"] for x in steps[-per_epoch:]])),
+            "damping": (damping[0], damping[per_epoch - 1], damping[-1])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--meta", default=shipped_path("mlhf"))
+    parser.add_argument("--model", default="cnn-small")
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--starts", type=int, default=6)
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "damping"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "mlhf_damping.md"))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    t0 = time.perf_counter()
+    nets, trained, config, _ = MLHFNets.load(args.meta, np, np.float32)
+    ds = open_dataset(args.data)
+    model = build(args.model, ds.image_shape, ds.classes, dtype="float32")
+    problem = Problem(model)
+    batches = ds.batches("meta", nets.b_mt, seed=0, dtype="float32", augment=ds.default_augment)
+    trainer = MetaTrainer(problem, batches, T=10, n=nets.n, hidden=nets.hidden,
+                          use_rnn_p=nets.use_rnn_p, inputs=nets.inputs, seed=0)
+    thetas = variants(trainer.nets, trainer.theta, trained)
+
+    # meta-parameter files for hfmeta train
+    meta_dir = os.path.join(args.runs, "meta")
+    os.makedirs(meta_dir, exist_ok=True)
+    files = {}
+    for i, (name, theta) in enumerate(thetas.items()):
+        files[name] = os.path.join(meta_dir, f"variant{i}.h5")
+        trainer.nets.save(files[name], theta, extra_config={
+            "model": config.get("model", args.model), "trained_kinds": model.layout.kinds,
+            "variant": name})
+
+    # 2. whole runs, in parallel subprocesses (started first: they take longest)
+    jobs = [(name, seed, os.path.join(args.runs, f"variant{i}", str(seed)))
+            for i, name in enumerate(thetas) for seed in seeds]
+
+    def launch(job):
+        name, seed, out = job
+        shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
+        cmd = train_command(os.path.relpath(files[name], ROOT), seed, args.epochs,
+                            os.path.relpath(out, ROOT))
+        subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return run_summary(out)
+
+    with ThreadPoolExecutor(max(1, args.jobs - 1)) as pool:
+        pending = pool.map(launch, jobs)
+        # 1. the meta-objective's horizon, in this process meanwhile
+        # (k outer: the trainer records one set of held-out windows at a time)
+        horizon = {name: {} for name in thetas}
+        for k in (0, 30):
+            for name, theta in thetas.items():
+                horizon[name][k] = trainer.evaluate(theta, starts=args.starts, warm=(k,))
+        runs = dict(zip([(name, seed) for name, seed, _ in jobs], pending))
+
+    example = shlex.join(train_command("FILE", "SEED", args.epochs, "RUN_DIR"))
+    lines = [f"# Damping over 10 steps and over a run ({args.model} on {args.data})", "",
+             f"Made by `python docs/mlhf_damping.py --meta {os.path.relpath(args.meta, ROOT)} "
+             f"--seeds {args.seeds}` in {(time.perf_counter() - t0) / 60:.1f} min "
+             f"({args.jobs} processes, one BLAS thread each); see the script's docstring for "
+             f"what is measured.", "",
+             "## 1. Over the meta-objective's horizon", "",
+             f"`MetaTrainer.evaluate` on {args.starts} held-out windows of T = 10 steps from "
+             f"fresh nets (k = 0) and from the same nets 30 steps into training (k = 30): "
+             f"l_s at fixed recorded states (lower is better), and the training loss after "
+             f"each optimizer's own 10 steps.", "",
+             "| MLHF | l_s, k = 0 | loss after 10 steps, k = 0 | l_s, k = 30 | "
+             "loss after 10 steps, k = 30 |", "|---|---|---|---|---|"]
+    for name, ev in horizon.items():
+        lines.append(f"| {name} | {ev[0]['l_s']:+.4f} | {ev[0]['loss_end']:.4f} | "
+                     f"{ev[30]['l_s']:+.4f} | {ev[30]['loss_end']:.4f} |")
+    lines += ["", f"## 2. Over a run of {args.epochs:g} epochs", "",
+              f"`{example}` (target split, from a fresh net); mean training loss of the last "
+              f"epoch (mean over the seeds that finished; a run that diverged stops with an "
+              f"error and is counted as such), and the mean damping of RNN_s at step 1, at "
+              f"the end of epoch 1 and at the last step (seed {seeds[0]}).", "",
+              "| MLHF | seeds finished | last-epoch loss | per seed | damping: step 1 → epoch 1 → last |",
+              "|---|---|---|---|---|"]
+    for name in thetas:
+        done = {s: runs[(name, s)] for s in seeds if runs[(name, s)] is not None}
+        per_seed = ", ".join(f"{s}: {done[s]['loss']:.5f}" if s in done else f"{s}: diverged"
+                             for s in seeds)
+        first = done.get(seeds[0])
+        damping = " → ".join(f"{x:.2f}" for x in first["damping"]) if first else "–"
+        mean = f"{np.mean([r['loss'] for r in done.values()]):.5f}" if done else "–"
+        lines.append(f"| {name} | {len(done)}/{len(seeds)} | {mean} | {per_seed} | {damping} |")
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
