@@ -102,6 +102,14 @@ def l_p_term(d, g, r):
     return -a / math.sqrt(q), -g / math.sqrt(q) + c * Ad, -c * d
 
 
+def lean_loss_and_grad(problem, w, batch):
+    """``problem.loss_and_grad`` with lean caches: the convolutions keep their input,
+    not its im2col columns (resnet-mini: a linearization 470 -> ~100 MB at batch 64),
+    and unfold it again in every product; the numbers are the same."""
+    with lean_caches():
+        return problem.loss_and_grad(w, batch)
+
+
 def held_out_start(model, batches, T, k, seed=12345, warm=0):
     """Held-out window ``k`` of :meth:`MetaTrainer.evaluate`: a fresh target net
     (seed ``seed + k``) and ``warm + T + 1`` fixed batches of ``batches``, far past any
@@ -140,11 +148,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     f_t = g_t = lin_t = None
 
     def loss_and_grad(w, batch):
-        # lean caches: the convolutions keep their input, not its im2col columns
-        # (resnet-mini: a linearization 470 -> ~100 MB at batch 64), and unfold it
-        # again in every product; the numbers are the same
-        with lean_caches():
-            return problem.loss_and_grad(w, batch)
+        return lean_loss_and_grad(problem, w, batch)
 
     for t in range(T):
         if frozen is not None:
@@ -232,13 +236,16 @@ class MetaTrainer:
     "sp" both, the paper; "s" or "p" keeps the other at its initialisation,
     or at the values of ``resume_from``), ``inputs`` (the RNN input
     preprocessing, "tanh" as in the paper or "logsign", see
-    :mod:`hfmeta.meta.mlhf`), ``seed``.
+    :mod:`hfmeta.meta.mlhf`), ``objective`` ("paper": l_p and l_s as above;
+    "horizon": the mean training loss along the unroll with the target net's
+    derivatives as constants, :mod:`hfmeta.meta.mlhf_horizon` -- ours, against
+    l_s's short-horizon bias; use it with a longer ``T``), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
                  store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
-                 seed=0):
+                 objective="paper", seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -250,6 +257,9 @@ class MetaTrainer:
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
         self.train = train
+        if objective not in ("paper", "horizon"):
+            raise UserError(f"objective={objective!r}: choose paper or horizon")
+        self.objective = objective
         self.trained = {"sp": slice(0, self.nets.size), "s": slice(0, self.nets.size_s),
                         "p": slice(self.nets.size_s, self.nets.size)}[train]
         self.adam = MetaAdam(self.trained.stop - self.trained.start, meta_lr, l2, max_grad_norm,
@@ -288,9 +298,15 @@ class MetaTrainer:
         noise = (list(self.rng.uniform(1 - self.noise, 1 + self.noise, self.T))
                  if self.noise else None)
         t0 = time.perf_counter()
-        res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
-                     self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
-                     train=self.train, record=False)
+        if self.objective == "horizon":
+            from .mlhf_horizon import horizon_unroll     # (that module builds on this one)
+            res = horizon_unroll(self.nets, self.theta, self.problem, self.w, self.states,
+                                 self.d_prev, self.r_prev, batches, self.rows, lr=1.0,
+                                 clip=self.clip, noise=noise, train=self.train)
+        else:
+            res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
+                         self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
+                         train=self.train, record=False)
         theta = self.theta.copy()
         theta[self.trained], grad_norm = self.adam.update(theta[self.trained],
                                                           res.grad[self.trained])
@@ -392,7 +408,8 @@ class MetaTrainer:
                        extra_config={"model": model_name or self.problem.model.name,
                                      "trained_kinds": self.problem.model.layout.kinds,
                                      "T": self.T, "iterations": self.iteration,
-                                     "train": self.train, "command": command},
+                                     "train": self.train, "objective": self.objective,
+                                     "command": command},
                        extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
 
     def resume_from(self, path):
