@@ -9,19 +9,19 @@ from hfmeta.meta.mlhf_horizon import horizon_unroll
 from test_mlhf import _setup
 
 
-@pytest.mark.parametrize("clip", [0.05, 10.0])
-def test_horizon_meta_gradient_matches_finite_differences(clip):
-    """L_H = (1/H) Σ_t l(x^t, w^t) over H = 3 steps of a tiny conv net with BN (float64),
-    target-net derivatives as constants (the frozen replay), both meta-nets; with the step
-    clip active (0.05) and inactive (10)."""
+@pytest.mark.parametrize("clip,log", [(0.05, False), (10.0, False), (0.05, True)])
+def test_horizon_meta_gradient_matches_finite_differences(clip, log):
+    """L_H = (1/H) Σ_t l(x^t, w^t) (or of log l) over H = 3 steps of a tiny conv net with
+    BN (float64), target-net derivatives as constants (the frozen replay), both meta-nets;
+    with the step clip active (0.05) and inactive (10)."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, _ = _setup()
     res = horizon_unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev,
-                         batches, rows, clip=clip, noise=noise, train="sp")
+                         batches, rows, clip=clip, noise=noise, train="sp", log=log)
 
     def meta_loss(th):
         return horizon_unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev,
-                              batches, rows, clip=clip, frozen=res.frozen,
-                              backward=False).stats["meta_loss"]
+                              batches, rows, clip=clip, frozen=res.frozen, backward=False,
+                              log=log).stats["meta_loss"]
 
     # the replay reproduces the run at theta, and the run moved the net
     assert meta_loss(theta) == pytest.approx(res.stats["meta_loss"], rel=1e-12)

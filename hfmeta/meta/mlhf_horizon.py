@@ -9,13 +9,15 @@ lets each step answer for every later loss of an unroll of H steps::
 
     L_H = (1/H) Σ_{t=1..H} l(x^t, w^t),     w^{t+1} = w^t − lr · u_t · c_t · d^t
 
-(u_t the step noise, c_t the step clip's scale), treating the target net's
+(u_t the step noise, c_t the step clip's scale), or, with ``log=True``, the mean
+log-loss (1/H) Σ_t log l(x^t, w^t) (Wichrowska et al. 2017), which weighs the
+late, small losses of a run as much as the early ones; treating the target net's
 derivatives as constants, as L2L does (Andrychowicz et al. 2016, and
 :mod:`hfmeta.meta.unroll`): g^t, the Gauss-Newton linearization at w^t, d_0^t,
 r_0^t and the RNN inputs are the paper's stop-gradient constants, but w^t is
 *not* stopped -- each step moves every later weight.  Then
 
-    ∂L_H/∂d^t = −lr · u_t · J_clipᵀ (1/H) Σ_{k>t} g^k
+    ∂L_H/∂d^t = −lr · u_t · J_clipᵀ (1/H) Σ_{k>t} g^k        (log: g^k / l(x^k, w^k))
 
 (suffix sums of the later gradients), and the PCG backward of step t
 (:func:`hfmeta.pcg.pcg_backward`) turns it into s̄^t (and P̄^t); BPTT through
@@ -39,7 +41,7 @@ from ..pcg import pcg_backward
 
 
 def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
-                   clip=STEP_CLIP, noise=None, frozen=None, backward=True, train="s"):
+                   clip=STEP_CLIP, noise=None, frozen=None, backward=True, train="s", log=False):
     """Run H = ``len(batches) − 1`` MLHF steps; L_H and (optionally) its meta-gradient.
 
     Arguments as :func:`hfmeta.meta.mlhf_train.unroll`.  ``train`` names the
@@ -49,7 +51,8 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     from it, while the weights the losses are taken at move with ``theta``'s
     steps: that is the function whose finite differences the meta-gradient
     must match (``backward`` must then be False).  Returns an
-    :class:`UnrollResult` whose ``stats["meta_loss"]`` is L_H (``l_s`` is NaN:
+    :class:`UnrollResult` whose ``stats["meta_loss"]`` is L_H (of the log-losses
+    with ``log``; ``stats["loss_end"]`` is always the plain loss) (``l_s`` is NaN:
     not computed; ``l_p`` is the paper's, for information).
     """
     if frozen is not None and backward:
@@ -95,11 +98,11 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
             d_prev, r_prev = d, r
             f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t + 1])
             objective.append(float(f_t))
-            later.append(g_t)                                   # g^{t+1}
+            later.append(g_t / float(f_t) if log else g_t)      # ∇ of (log) l(x^{t+1}, w^{t+1})
         else:
             objective.append(float(problem.loss(w, batches[t + 1])))
     lin_t = None                        # w^H's linearization: not needed
-    meta_loss = float(np.mean(objective))
+    meta_loss = float(np.mean(np.log(objective) if log else objective))
 
     grad = None
     if backward:

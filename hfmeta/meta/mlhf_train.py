@@ -239,7 +239,8 @@ class MetaTrainer:
     :mod:`hfmeta.meta.mlhf`), ``objective`` ("paper": l_p and l_s as above;
     "horizon": the mean training loss along the unroll with the target net's
     derivatives as constants, :mod:`hfmeta.meta.mlhf_horizon` -- ours, against
-    l_s's short-horizon bias; use it with a longer ``T``), ``seed``.
+    l_s's short-horizon bias; use it with a longer ``T``; "horizon-log": the
+    mean log-loss), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
@@ -257,8 +258,8 @@ class MetaTrainer:
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
         self.train = train
-        if objective not in ("paper", "horizon"):
-            raise UserError(f"objective={objective!r}: choose paper or horizon")
+        if objective not in ("paper", "horizon", "horizon-log"):
+            raise UserError(f"objective={objective!r}: choose paper, horizon or horizon-log")
         self.objective = objective
         self.trained = {"sp": slice(0, self.nets.size), "s": slice(0, self.nets.size_s),
                         "p": slice(self.nets.size_s, self.nets.size)}[train]
@@ -298,11 +299,12 @@ class MetaTrainer:
         noise = (list(self.rng.uniform(1 - self.noise, 1 + self.noise, self.T))
                  if self.noise else None)
         t0 = time.perf_counter()
-        if self.objective == "horizon":
+        if self.objective.startswith("horizon"):
             from .mlhf_horizon import horizon_unroll     # (that module builds on this one)
             res = horizon_unroll(self.nets, self.theta, self.problem, self.w, self.states,
                                  self.d_prev, self.r_prev, batches, self.rows, lr=1.0,
-                                 clip=self.clip, noise=noise, train=self.train)
+                                 clip=self.clip, noise=noise, train=self.train,
+                                 log=self.objective == "horizon-log")
         else:
             res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
                          self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
