@@ -20,8 +20,9 @@ its meta-parameters:
    of the untrained MLHF): l_s (the paper's softmax-weighted one-step loss
    changes, × 10) at fixed recorded states, and the training loss after the
    optimizer's own T = 10 steps.
-2. **Over a whole run**: ``hfmeta train -o mlhf --split target -b 128
-   --epochs E`` from a fresh net, per seed; the mean training loss of the last
+2. **Over a whole run**: ``hfmeta train -o mlhf --split S -b 128 --epochs E``
+   (S: ``--split``, the held-out target split by default) from a fresh net,
+   per seed; the mean training loss of the last
    epoch, and RNN_s's mean damping at the first step, the end of the first
    epoch and the last step (the ``damping_mean`` column of ``metrics.jsonl``).
 
@@ -53,6 +54,7 @@ from hfmeta.problem import Problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSTANT_S = (0.35, 0.5, 1.0, 1.5, 2.2)
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlhf_damping.md")
 
 
 def constant_damping(nets, theta, s):
@@ -78,9 +80,14 @@ def variants(nets, initial, trained):
     return out
 
 
-def train_command(meta, seed, epochs, out):
+def train_command(meta, seed, epochs, out, split="target"):
     return ["hfmeta", "-q", "--seed", str(seed), "train", "-o", "mlhf", "--meta", meta,
-            "--split", "target", "-b", "128", "--epochs", f"{epochs:g}", "--out", out]
+            "--split", split, "-b", "128", "--epochs", f"{epochs:g}", "--out", out]
+
+
+def loss_text(loss):
+    """5 decimals; a blown-up (but finite) loss in scientific notation."""
+    return f"{loss:.5f}" if loss < 1 else f"{loss:.3g}"
 
 
 def run_summary(run_dir):
@@ -107,9 +114,11 @@ def main():
     parser.add_argument("--starts", type=int, default=6)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--split", default="target", choices=("target", "meta", "train"),
+                        help="split of the whole runs (2.: the issue's held-out 2/5 by default)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "damping"))
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "mlhf_damping.md"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
@@ -140,7 +149,7 @@ def main():
         name, seed, out = job
         shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
         cmd = train_command(os.path.relpath(files[name], ROOT), seed, args.epochs,
-                            os.path.relpath(out, ROOT))
+                            os.path.relpath(out, ROOT), args.split)
         subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         return run_summary(out)
@@ -155,10 +164,14 @@ def main():
                 horizon[name][k] = trainer.evaluate(theta, starts=args.starts, warm=(k,))
         runs = dict(zip([(name, seed) for name, seed, _ in jobs], pending))
 
-    example = shlex.join(train_command("FILE", "SEED", args.epochs, "RUN_DIR"))
+    example = shlex.join(train_command("FILE", "SEED", args.epochs, "RUN_DIR", args.split))
     lines = [f"# Damping over 10 steps and over a run ({args.model} on {args.data})", "",
              f"Made by `python docs/mlhf_damping.py --meta {os.path.relpath(args.meta, ROOT)} "
-             f"--seeds {args.seeds}` in {(time.perf_counter() - t0) / 60:.1f} min "
+             f"--seeds {args.seeds}"
+             + (f" --split {args.split}" if args.split != "target" else "")
+             + (f" --epochs {args.epochs:g}" if args.epochs != 10 else "")
+             + (f" --out {os.path.relpath(args.out, ROOT)}" if args.out != DEFAULT_OUT else "")
+             + f"` in {(time.perf_counter() - t0) / 60:.1f} min "
              f"({args.jobs} processes, one BLAS thread each); see the script's docstring for "
              f"what is measured.", "",
              "## 1. Over the meta-objective's horizon", "",
@@ -172,7 +185,7 @@ def main():
         lines.append(f"| {name} | {ev[0]['l_s']:+.4f} | {ev[0]['loss_end']:.4f} | "
                      f"{ev[30]['l_s']:+.4f} | {ev[30]['loss_end']:.4f} |")
     lines += ["", f"## 2. Over a run of {args.epochs:g} epochs", "",
-              f"`{example}` (target split, from a fresh net); mean training loss of the last "
+              f"`{example}` ({args.split} split, from a fresh net); mean training loss of the last "
               f"epoch (mean over the seeds that finished; a run that diverged stops with an "
               f"error and is counted as such), and the mean damping of RNN_s at step 1, at "
               f"the end of epoch 1 and at the last step (seed {seeds[0]}).", "",
@@ -180,11 +193,11 @@ def main():
               "|---|---|---|---|---|"]
     for name in thetas:
         done = {s: runs[(name, s)] for s in seeds if runs[(name, s)] is not None}
-        per_seed = ", ".join(f"{s}: {done[s]['loss']:.5f}" if s in done else f"{s}: diverged"
+        per_seed = ", ".join(f"{s}: {loss_text(done[s]['loss'])}" if s in done else f"{s}: diverged"
                              for s in seeds)
         first = done.get(seeds[0])
         damping = " → ".join(f"{x:.2f}" for x in first["damping"]) if first else "–"
-        mean = f"{np.mean([r['loss'] for r in done.values()]):.5f}" if done else "–"
+        mean = loss_text(np.mean([r['loss'] for r in done.values()])) if done else "–"
         lines.append(f"| {name} | {len(done)}/{len(seeds)} | {mean} | {per_seed} | {damping} |")
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
