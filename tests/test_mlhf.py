@@ -240,6 +240,14 @@ def test_clip_limits_the_step_to_a_fraction_of_the_weights():
             MLHF.from_meta(None, model, untrained=True, clip=bad)
 
 
+def test_untrained_meta_nets_step_with_lr_1_unless_told():
+    """No meta-training batch to scale by: lr = 1 at any batch size, or the lr given."""
+    model = tiny_bn_convnet()
+    assert MLHF.from_meta(None, model, untrained=True).lr_for(128) == 1.0
+    assert MLHF.from_meta(None, model, untrained=True, lr=0.5).lr_for(128) == 0.5
+    assert MLHF.from_meta(None, model, untrained=True, lr="auto").lr_for(128) == 128 / 64
+
+
 def test_meta_checkpoint_round_trip(tmp_path):
     model = tiny_bn_convnet()
     problem = Problem(model)

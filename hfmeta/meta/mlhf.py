@@ -229,7 +229,8 @@ class MLHF(Optimizer):
     @classmethod
     def from_meta(cls, path, model, untrained=False, seed=0, inputs=None, **hparams):
         """Load meta-parameters (``None``: the shipped ones; ``untrained``: fresh
-        meta-nets with input preprocessing ``inputs``).
+        meta-nets with input preprocessing ``inputs``, and lr = 1 unless given: they
+        were never meta-trained, so there is no b_mt for lr = b_tr / b_mt).
 
         Transfer: meta-parameters are per parameter kind, so they apply to any
         model whose kinds were all seen in meta-training (``resnet-mini`` →
@@ -239,6 +240,7 @@ class MLHF(Optimizer):
         dtype = model.dtype if model is not None else np.float64
         if untrained:
             nets = MLHFNets(inputs=inputs or "tanh")
+            hparams.setdefault("lr", 1.0)
             return cls(nets, nets.init(seed, xp, dtype), model, **hparams)
         if path is None:
             path = shipped_path("mlhf")
