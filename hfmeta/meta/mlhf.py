@@ -205,10 +205,10 @@ class MLHF(Optimizer):
 
     ``clip`` (default None, the paper: no safeguard at inference) limits each
     step as meta-training does, ``‖lr·d‖ ≤ clip·‖w‖`` (the released code's
-    0.25 during meta-training): a run whose first steps overshoot -- small
-    damping, or meta-nets from another model -- then shrinks the step
-    instead of diverging.  The next step still warm-starts from the unclipped
-    d, as in meta-training.
+    0.25 during meta-training): an overshooting step -- small damping, or
+    meta-nets from another model -- is shortened to that length.  Not a
+    guarantee: a run can still blow up through steps within the limit.  The
+    next step warm-starts from the unclipped d, as in meta-training.
     """
 
     name = "mlhf"
