@@ -68,7 +68,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     rec = Frozen() if frozen is None else frozen
     need = tuple(k for k in ("s", "P") if backward and k.lower() in train
                  and (k == "s" or nets.use_rnn_p))
-    steps, caches_s, caches_p = [], [], []      # per step: (Direction, clip scale, noise, w^t)
+    steps, caches_s, caches_p = [], [], []      # per step: (Direction, clip scale)
     objective, later, lp_vals, res_norms = [], [], [], []
     f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[0]) if frozen is None else (None,) * 3
     loss_start = f_t
@@ -83,7 +83,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
             w_lin, d_prev, r_prev = frozen.w[t], frozen.d_prev[t], frozen.r_prev[t]
             f_t, g_t, lin_t = lean_loss_and_grad(problem, w_lin, batches[t])
             if t == 0:
-                loss_start = float(problem.loss(w, batches[0]))
+                loss_start = f_t                 # the replay starts from the recorded w^0
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
                               record=True, inputs=None if frozen is None else frozen.inputs[t])
         if frozen is None:
@@ -97,7 +97,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
         caches_s.append(dirn.cache_s if "s" in need else None)
         caches_p.append(dirn.cache_p if "P" in need else None)
         dirn.apply_A = dirn.cache_s = dirn.cache_p = None    # the linearization is recomputed
-        steps.append((dirn, scale, u, w_lin) if backward else None)
+        steps.append((dirn, scale) if backward else None)
         del lin_t
         if frozen is None:
             d_prev, r_prev = d, r
@@ -117,9 +117,9 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
         suffix = xp.zeros_like(w)
         for t in reversed(range(H)):
             suffix += later[t] / H                              # (1/H) Σ_{k>t} g^k
-            dirn, scale, u, w_lin = steps[t]
-            y = clip_step_vjp(dirn.pcg.x, scale, (-lr * u) * suffix)
-            lin = lean_loss_and_grad(problem, w_lin, batches[t])[2]
+            dirn, scale = steps[t]              # backward: rec holds this run's w^t and noise
+            y = clip_step_vjp(dirn.pcg.x, scale, (-lr * rec.noise[t]) * suffix)
+            lin = lean_loss_and_grad(problem, rec.w[t], batches[t])[2]
             s = dirn.s
             bars = pcg_backward(dirn.pcg, lambda v: problem.gvp(lin, v, s), y, None, need=need)
             if "s" in bars:

@@ -147,15 +147,12 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     need_p = backward and "p" in train and nets.use_rnn_p
     f_t = g_t = lin_t = None
 
-    def loss_and_grad(w, batch):
-        return lean_loss_and_grad(problem, w, batch)
-
     for t in range(T):
         if frozen is not None:
             w, d_prev, r_prev = frozen.w[t], frozen.d_prev[t], frozen.r_prev[t]
-            f_t, g_t, lin_t = loss_and_grad(w, batches[t])
+            f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
         elif f_t is None:
-            f_t, g_t, lin_t = loss_and_grad(w, batches[t])
+            f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
                               record=True, inputs=None if frozen is None else frozen.inputs[t])
         d, r = dirn.pcg.x, dirn.pcg.r
@@ -186,8 +183,8 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         # l_s^t = l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}) − 2 l(x^t, w^t)
         # (the linearization of l(x^t, w^{t+1}) is dropped at once: binding it to a
         # name would keep a third one alive through the rest of the step)
-        f_same, g_same = loss_and_grad(w_next, batches[t])[:2]
-        f_next, g_next, lin_next = loss_and_grad(w_next, batches[t + 1])
+        f_same, g_same = lean_loss_and_grad(problem, w_next, batches[t])[:2]
+        f_next, g_next, lin_next = lean_loss_and_grad(problem, w_next, batches[t + 1])
         ls_vals.append(float(f_next) + float(f_same) - 2 * float(f_t))
         if need_s:
             y = (-lr * u) * (g_next + g_same)
