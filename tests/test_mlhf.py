@@ -240,6 +240,33 @@ def test_clip_limits_the_step_to_a_fraction_of_the_weights():
             MLHF.from_meta(None, model, untrained=True, clip=bad)
 
 
+def test_step_reports_the_damping_of_each_parameter_kind():
+    """RNN_s set to a different constant damping per kind (output weights 0, output
+    bias softplus⁻¹(s_k − s_min)): each kind's mean is its own s_k, and the overall
+    mean is the coordinate-weighted average of them."""
+    model = tiny_bn_convnet()
+    layout = model.layout
+    nets = MLHFNets()
+    theta = nets.init(0)
+    theta_s = nets.split(theta)[0]
+    wanted = {kind: 0.25 * (i + 1) for i, kind in enumerate(layout.kinds)}
+    for kind, s_k in wanted.items():
+        views = nets.rnn_s.lstms[kind].views(theta_s[nets.rnn_s.theta_slices[kind]])
+        views["out.weight"][...] = 0
+        views["out.bias"][...] = np.log(np.expm1(s_k - nets.s_min))
+    opt = MLHF(nets, theta, model, lr=1.0)
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4))
+    w = model.init(0)
+    _, _, info = opt.step(Problem(model), w, opt.init(w), batch)
+    assert len(layout.kinds) == 6
+    for kind, s_k in wanted.items():
+        assert info[f"damping_mean.{kind}"] == pytest.approx(s_k, rel=1e-12)
+    counts = {k: layout.kind_slice(k).stop - layout.kind_slice(k).start for k in layout.kinds}
+    weighted = sum(counts[k] * wanted[k] for k in wanted) / sum(counts.values())
+    assert info["damping_mean"] == pytest.approx(weighted, rel=1e-12)
+
+
 def test_untrained_meta_nets_step_with_lr_1_unless_told():
     """No meta-training batch to scale by: lr = 1 at any batch size, or the lr given."""
     model = tiny_bn_convnet()

@@ -182,6 +182,21 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     return Direction(s, P, out_s, out_p, result, apply_A, cache_s, cache_p, x_s, x_p)
 
 
+def damping_by_kind(s, layout):
+    """``{"damping_mean.<kind>": mean of s over that kind's coordinates}`` (one host copy).
+
+    The overall ``damping_mean`` is weighted by coordinate counts, so on a CNN it
+    is nearly the fully-connected weights' damping; RNN_s has one set of
+    meta-parameters per kind and learns a different damping for each (on
+    cnn-small the horizon-log objective lowers conv.weight's to ~0.25 while
+    fc.weight's stays ~0.6: ``hfmeta/meta/shipped/README.md``).
+    """
+    xp = backend.get_array_module(s)
+    kinds = layout.kinds
+    means = backend.asnumpy(xp.stack([s[layout.kind_slice(k)].mean() for k in kinds]))
+    return {f"damping_mean.{k}": float(m) for k, m in zip(kinds, means)}
+
+
 def clip_step(d, w, lr, clip):
     """Scale of the clipped step ``lr·d``: ``min(1, clip·‖w‖ / (lr‖d‖))`` (1 when ``clip``
     is 0 or None).  The released code clips during meta-training with clip = 0.25."""
@@ -281,7 +296,8 @@ class MLHF(Optimizer):
         new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm}
         scale = clip_step(d, w, lr, self.clip)
         info = {"loss": float(f), "step_norm": scale * lr * self.norm(d), "lr": lr,
-                "residual": self.norm(r), "damping_mean": float(dirn.s.mean())}
+                "residual": self.norm(r), "damping_mean": float(dirn.s.mean()),
+                **damping_by_kind(dirn.s, problem.model.layout)}
         if self.clip:
             info["clip_scale"] = scale
         return w - (scale * lr) * d, new_state, info
