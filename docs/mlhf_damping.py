@@ -2,7 +2,7 @@
 
 Writes ``docs/mlhf_damping.md`` (and prints it)::
 
-    python docs/mlhf_damping.py [--meta FILE] [--seeds 0,1,2,3,4] [--jobs 2]
+    python docs/mlhf_damping.py [--meta FILE] [--seeds 0,1,2,3,4] [--jobs 2] [--swap KIND,...]
 
 Every MLHF below has the shipped file's configuration (RNN_s and RNN_p of
 two layers of 4 units, n = 4, tanh inputs, b_mt = 128) and differs only in
@@ -13,7 +13,11 @@ its meta-parameters:
 * the two mixtures -- meta-trained RNN_s with the initial RNN_p and the
   other way round (which of the two nets makes the difference);
 * ``constant s`` -- the initial RNN_p and an RNN_s whose output layer is
-  zeroed, with the output bias set so that softplus(bias) + s_min = s.
+  zeroed, with the output bias set so that softplus(bias) + s_min = s;
+* with ``--swap KIND``, per parameter kind (RNN_s has one set of
+  meta-parameters per kind): the meta-trained MLHF with that kind's RNN_s
+  put back to its initial values, and the untrained one with only that
+  kind's RNN_s meta-trained (which kind's damping makes the difference).
 
 1. **Over the meta-objective's horizon** (:meth:`MetaTrainer.evaluate`,
    ``--starts`` fresh nets of the meta split and the same nets after 30 steps
@@ -24,7 +28,8 @@ its meta-parameters:
    (S: ``--split``, the held-out target split by default) from a fresh net,
    per seed; the mean training loss of the last
    epoch, and RNN_s's mean damping at the first step, the end of the first
-   epoch and the last step (the ``damping_mean`` column of ``metrics.jsonl``).
+   epoch and the last step (the ``damping_mean`` column of ``metrics.jsonl``),
+   and per parameter kind at the last step (``damping_mean.<kind>``).
 
 If the damping that wins in 1 is larger than the one that wins in 2, the
 meta-objective has a short-horizon bias (Wu, Ren, Liao & Grosse, ICLR 2018):
@@ -69,12 +74,18 @@ def constant_damping(nets, theta, s):
     return theta
 
 
-def variants(nets, initial, trained):
+def variants(nets, initial, trained, swap=()):
     """``{name: theta}`` of the optimizers compared (module docstring)."""
     n_s = nets.size_s
     out = {"untrained": initial, "meta-trained": trained,
            "meta-trained RNN_s, initial RNN_p": np.concatenate([trained[:n_s], initial[n_s:]]),
            "initial RNN_s, meta-trained RNN_p": np.concatenate([initial[:n_s], trained[n_s:]])}
+    for kind in swap:
+        rows = nets.rnn_s.theta_slices[kind]          # RNN_s's meta-parameters of that kind
+        out[f"meta-trained, initial RNN_s on {kind}"] = trained.copy()
+        out[f"meta-trained, initial RNN_s on {kind}"][rows] = initial[rows]
+        out[f"untrained, meta-trained RNN_s on {kind}"] = initial.copy()
+        out[f"untrained, meta-trained RNN_s on {kind}"][rows] = trained[rows]
     for s in CONSTANT_S:
         out[f"constant s = {s:g}"] = constant_damping(nets, initial, s)
     return out
@@ -102,8 +113,10 @@ def run_summary(run_dir):
     epochs = json.load(open(os.path.join(run_dir, "config.json")))["epochs"]
     per_epoch = min(len(steps), round(summary["steps"] / epochs))
     damping = [x["damping_mean"] for x in steps]
+    by_kind = {key[len("damping_mean."):]: value for key, value in steps[-1].items()
+               if key.startswith("damping_mean.")}
     return {"loss": float(np.mean([x["loss"] for x in steps[-per_epoch:]])),
-            "damping": (damping[0], damping[per_epoch - 1], damping[-1])}
+            "damping": (damping[0], damping[per_epoch - 1], damping[-1]), "by_kind": by_kind}
 
 
 def main():
@@ -119,6 +132,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "damping"))
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--swap", default="", help="comma-separated parameter kinds (docstring)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
@@ -129,7 +143,12 @@ def main():
     batches = ds.batches("meta", nets.b_mt, seed=0, dtype="float32", augment=ds.default_augment)
     trainer = MetaTrainer(problem, batches, T=10, n=nets.n, hidden=nets.hidden,
                           use_rnn_p=nets.use_rnn_p, inputs=nets.inputs, seed=0)
-    thetas = variants(trainer.nets, trainer.theta, trained)
+    swap = [k for k in args.swap.split(",") if k]
+    unknown = [k for k in swap if k not in trainer.nets.kinds]
+    if unknown:
+        parser.error(f"--swap: unknown kind(s) {', '.join(unknown)}; "
+                     f"choose from {', '.join(trainer.nets.kinds)}")
+    thetas = variants(trainer.nets, trainer.theta, trained, swap)
 
     # meta-parameter files for hfmeta train
     meta_dir = os.path.join(args.runs, "meta")
@@ -171,6 +190,7 @@ def main():
              + (f" --split {args.split}" if args.split != "target" else "")
              + (f" --epochs {args.epochs:g}" if args.epochs != 10 else "")
              + (f" --out {os.path.relpath(args.out, ROOT)}" if args.out != DEFAULT_OUT else "")
+             + (f" --swap {args.swap}" if swap else "")
              + f"` in {(time.perf_counter() - t0) / 60:.1f} min "
              f"({args.jobs} processes, one BLAS thread each); see the script's docstring for "
              f"what is measured.", "",
@@ -199,6 +219,15 @@ def main():
         damping = " → ".join(f"{x:.2f}" for x in first["damping"]) if first else "–"
         mean = loss_text(np.mean([r['loss'] for r in done.values()])) if done else "–"
         lines.append(f"| {name} | {len(done)}/{len(seeds)} | {mean} | {per_seed} | {damping} |")
+    kinds = model.layout.kinds
+    lines += ["", f"RNN_s's mean damping per parameter kind at the last step of each run (seed "
+              f"{seeds[0]}; the overall mean above is nearly fc.weight's, which has most "
+              f"coordinates):", "", "| MLHF | " + " | ".join(kinds) + " |",
+              "|---|" + "---|" * len(kinds)]
+    for name in thetas:
+        first = runs[(name, seeds[0])]
+        cells = [f"{first['by_kind'][k]:.2f}" if first else "–" for k in kinds]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)
