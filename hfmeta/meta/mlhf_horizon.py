@@ -33,8 +33,9 @@ H × (PCG tape + LSTM caches + w^t), one linearization at a time.
 What it learns on ``cnn-small`` (T = 120, RNN_s only): the log-loss version
 finds the small damping a 10-epoch run wants (final loss 0.00125 against the
 untrained 0.00318) but at the edge of stability: the gain and the blow-ups
-are both the damping it learns for the conv weights (0.23; the other kinds get 0.59-1.10
-against the untrained 0.69), see ``hfmeta/meta/shipped/README.md``.  An experiment, not the paper's method.
+are both the damping it learns for the conv weights (0.23; the other kinds
+get 0.59-1.10 against the untrained 0.69), see ``hfmeta/meta/shipped/README.md``.
+An experiment, not the paper's method.
 """
 from __future__ import annotations
 
