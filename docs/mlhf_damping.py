@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -62,18 +61,6 @@ CONSTANT_S = (0.35, 0.5, 1.0, 1.5, 2.2)
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlhf_damping.md")
 
 
-def constant_damping(nets, theta, s):
-    """``theta`` with RNN_s giving s on every coordinate: output weights 0,
-    output bias softplus⁻¹(s − s_min) = log(expm1(s − s_min))."""
-    theta = theta.copy()
-    theta_s = nets.split(theta)[0]
-    for kind, sl in nets.rnn_s.theta_slices.items():
-        views = nets.rnn_s.lstms[kind].views(theta_s[sl])
-        views["out.weight"][...] = 0
-        views["out.bias"][...] = math.log(math.expm1(s - nets.s_min))
-    return theta
-
-
 def variants(nets, initial, trained, swap=()):
     """``{name: theta}`` of the optimizers compared (module docstring)."""
     n_s = nets.size_s
@@ -87,7 +74,7 @@ def variants(nets, initial, trained, swap=()):
         out[f"untrained, meta-trained RNN_s on {kind}"] = initial.copy()
         out[f"untrained, meta-trained RNN_s on {kind}"][rows] = trained[rows]
     for s in CONSTANT_S:
-        out[f"constant s = {s:g}"] = constant_damping(nets, initial, s)
+        out[f"constant s = {s:g}"] = nets.constant_damping(initial, s)
     return out
 
 

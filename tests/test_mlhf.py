@@ -247,14 +247,8 @@ def test_step_reports_the_damping_of_each_parameter_kind():
     model = tiny_bn_convnet()
     layout = model.layout
     nets = MLHFNets()
-    theta = nets.init(0)
-    theta_s = nets.split(theta)[0]
     wanted = {kind: 0.25 * (i + 1) for i, kind in enumerate(layout.kinds)}
-    for kind, s_k in wanted.items():
-        views = nets.rnn_s.lstms[kind].views(theta_s[nets.rnn_s.theta_slices[kind]])
-        views["out.weight"][...] = 0
-        views["out.bias"][...] = np.log(np.expm1(s_k - nets.s_min))
-    opt = MLHF(nets, theta, model, lr=1.0)
+    opt = MLHF(nets, nets.constant_damping(nets.init(0), wanted), model, lr=1.0)
     rng = np.random.default_rng(0)
     batch = (rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4))
     w = model.init(0)

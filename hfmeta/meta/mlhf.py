@@ -33,6 +33,7 @@ inference and meta-training (:func:`mlhf_direction`), and the optimizer
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -94,6 +95,19 @@ class MLHFNets:
         if self.use_rnn_p:
             parts.append(self.rnn_p.init(rng))
         return xp.asarray(np.concatenate(parts), dtype=dtype)
+
+    def constant_damping(self, theta, s):
+        """A copy of ``theta`` whose RNN_s gives the constant damping ``s`` (a number,
+        or ``{kind: s_k}`` for some kinds) whatever its inputs: output weights 0,
+        output bias softplus⁻¹(s − s_min) = log(expm1(s − s_min)).  RNN_p is kept."""
+        theta = theta.copy()
+        theta_s = self.split(theta)[0]
+        per_kind = s if isinstance(s, dict) else dict.fromkeys(self.kinds, s)
+        for kind, s_k in per_kind.items():
+            views = self.rnn_s.lstms[kind].views(theta_s[self.rnn_s.theta_slices[kind]])
+            views["out.weight"][...] = 0
+            views["out.bias"][...] = math.log(math.expm1(s_k - self.s_min))
+        return theta
 
     def rows(self, layout):
         """``{kind: slice}`` of the kinds present in ``layout``; error on unknown kinds."""
@@ -182,19 +196,20 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     return Direction(s, P, out_s, out_p, result, apply_A, cache_s, cache_p, x_s, x_p)
 
 
-def damping_by_kind(s, layout):
-    """``{"damping_mean.<kind>": mean of s over that kind's coordinates}`` (one host copy).
+def damping_means(s, layout):
+    """``{"damping_mean": mean of s, "damping_mean.<kind>": mean over that kind's
+    coordinates}``, in one host copy.
 
-    The overall ``damping_mean`` is weighted by coordinate counts, so on a CNN it
-    is nearly the fully-connected weights' damping; RNN_s has one set of
+    The overall mean is weighted by coordinate counts, so on a CNN it is
+    nearly the fully-connected weights' damping; RNN_s has one set of
     meta-parameters per kind and learns a different damping for each (on
     cnn-small the horizon-log objective lowers conv.weight's to ~0.25 while
     fc.weight's stays ~0.6: ``hfmeta/meta/shipped/README.md``).
     """
     xp = backend.get_array_module(s)
-    kinds = layout.kinds
-    means = backend.asnumpy(xp.stack([s[layout.kind_slice(k)].mean() for k in kinds]))
-    return {f"damping_mean.{k}": float(m) for k, m in zip(kinds, means)}
+    keys = ["damping_mean"] + [f"damping_mean.{k}" for k in layout.kinds]
+    means = xp.stack([s.mean()] + [s[layout.kind_slice(k)].mean() for k in layout.kinds])
+    return dict(zip(keys, backend.asnumpy(means).tolist()))
 
 
 def clip_step(d, w, lr, clip):
@@ -296,8 +311,7 @@ class MLHF(Optimizer):
         new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm}
         scale = clip_step(d, w, lr, self.clip)
         info = {"loss": float(f), "step_norm": scale * lr * self.norm(d), "lr": lr,
-                "residual": self.norm(r), "damping_mean": float(dirn.s.mean()),
-                **damping_by_kind(dirn.s, problem.model.layout)}
+                "residual": self.norm(r), **damping_means(dirn.s, problem.model.layout)}
         if self.clip:
             info["clip_scale"] = scale
         return w - (scale * lr) * d, new_state, info
