@@ -45,16 +45,21 @@ def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh"):
     return nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip
 
 
-@pytest.mark.parametrize("inputs", ["tanh", "logsign"])
-def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(inputs):
+@pytest.mark.parametrize("inputs,restart", [("tanh", None), ("logsign", None),
+                                            ("tanh", 1 + 1e-9)])
+def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(inputs, restart):
     """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses
-    (with the paper's tanh inputs and with the L2L log/sign ones)."""
+    (with the paper's tanh inputs and with the L2L log/sign ones; and with a PCG restart
+    within the unroll, ratio 1 + 1e-9: any loss increase restarts)."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(
         inputs=inputs)
     res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
-                 clip=clip, noise=noise)
-    scales = [min(1.0, clip * np.linalg.norm(wt) / np.linalg.norm(d))
-              for wt, d in zip(res.frozen.w, res.frozen.d_prev[1:] + [res.d_prev])]
+                 clip=clip, noise=noise, restart=restart)
+    cold = [t for t in range(1, len(batches) - 1) if res.frozen.d_prev[t] is None]
+    assert bool(cold) == (restart is not None), "a restart within the unroll, when asked"
+    scales = [min(1.0, clip * np.linalg.norm(wt) / np.linalg.norm(d))     # (d^t is d_0^{t+1}
+              for wt, d in zip(res.frozen.w, res.frozen.d_prev[1:] + [res.d_prev])  # unless
+              if d is not None]                                                 # restarted)
     assert min(scales) < 1.0, "the step clip should be active in this test"
 
     def losses(th):
@@ -240,6 +245,36 @@ def test_clip_limits_the_step_to_a_fraction_of_the_weights():
             MLHF.from_meta(None, model, untrained=True, clip=bad)
 
 
+def test_restart_starts_pcg_cold_when_the_loss_jumps():
+    """``restart=ρ``: a step whose loss exceeds ρ × the previous step's is the step from
+    d_prev = r_prev = None with the same LSTM states (logged ``restarted`` = 1); any
+    other step is the paper's warm-started one.  ``f_prev`` survives a checkpoint."""
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)) for _ in range(2)]
+    plain = MLHF.from_meta(None, model, untrained=True, lr=1.0)
+    opt = MLHF.from_meta(None, model, untrained=True, lr=1.0, restart=2)
+    w0 = model.init(0)
+    w, state, info = opt.step(problem, w0, opt.init(w0), batches[0])
+    assert info["restarted"] == 0 and state["f_prev"] == info["loss"]
+    f1 = float(problem.loss(w, batches[1]))
+    for f_prev, expect_restart in ((f1 / 2.01, True), (f1 / 1.99, False)):
+        st = opt.state_from_dict({**opt.state_to_dict(state), "f_prev": f_prev})
+        cold = {**copy.deepcopy(st), "d_prev": None, "r_prev": None}
+        w_new, _, info = opt.step(problem, w, copy.deepcopy(st), batches[1])
+        w_cold = plain.step(problem, w, cold, batches[1])[0]
+        w_warm = plain.step(problem, w, copy.deepcopy(st), batches[1])[0]
+        assert info["restarted"] == int(expect_restart)
+        np.testing.assert_array_equal(w_new, w_cold if expect_restart else w_warm)
+        assert not np.allclose(w_cold, w_warm)
+    assert opt.state_from_dict(opt.state_to_dict(state))["f_prev"] == state["f_prev"]
+    assert "restarted" not in plain.step(problem, w0, plain.init(w0), batches[0])[2]
+    for bad in (1, 0.5, "big", True):
+        with pytest.raises(UserError, match="restart"):
+            MLHF.from_meta(None, model, untrained=True, restart=bad)
+
+
 def test_step_reports_the_damping_of_each_parameter_kind():
     """RNN_s set to a different constant damping per kind (output weights 0, output
     bias softplus⁻¹(s_k − s_min)): each kind's mean is its own s_k, and the overall
@@ -279,6 +314,22 @@ def test_meta_checkpoint_round_trip(tmp_path):
     opt = MLHF.from_meta(str(path), model)
     np.testing.assert_array_equal(opt.theta, trainer.theta)
     assert opt.nets.b_mt == 4 and opt.lr_for(8) == 2.0 and opt.nets.inputs == "tanh"
+    assert opt.restart is None
+
+
+def test_meta_trainer_restart_is_recorded_and_becomes_the_optimizers_default(tmp_path):
+    """Meta-trained with ``restart=ρ``: the file says so and MLHF restarts with ρ unless
+    told otherwise; a bad ratio is a clear error."""
+    model = tiny_bn_convnet()
+    trainer = MetaTrainer(Problem(model), _RandomStream(), T=2, seed=3, restart=1.5)
+    trainer.run(1)
+    path = str(tmp_path / "r.h5")
+    trainer.save(path)
+    assert MLHFNets.load(path)[2]["restart"] == 1.5
+    assert MLHF.from_meta(path, model).restart == 1.5
+    assert MLHF.from_meta(path, model, restart=3).restart == 3
+    with pytest.raises(UserError, match="restart"):
+        MetaTrainer(Problem(model), _RandomStream(), T=2, restart=0.9)
 
 
 def test_logsign_inputs_round_trip_and_a_mismatch_is_a_clear_error(tmp_path):

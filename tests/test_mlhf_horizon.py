@@ -9,14 +9,17 @@ from hfmeta.meta.mlhf_horizon import horizon_unroll
 from test_mlhf import _setup
 
 
-@pytest.mark.parametrize("clip,log", [(0.05, False), (10.0, False), (0.05, True)])
-def test_horizon_meta_gradient_matches_finite_differences(clip, log):
+@pytest.mark.parametrize("clip,log,restart", [(0.05, False, None), (10.0, False, None),
+                                               (0.05, True, None), (0.05, True, 1 + 1e-9)])
+def test_horizon_meta_gradient_matches_finite_differences(clip, log, restart):
     """L_H = (1/H) Σ_t l(x^t, w^t) (or of log l) over H = 3 steps of a tiny conv net with
     BN (float64), target-net derivatives as constants (the frozen replay), both meta-nets;
-    with the step clip active (0.05) and inactive (10)."""
+    with the step clip active (0.05) and inactive (10), and with a PCG restart within
+    the unroll (ratio 1 + 1e-9: any loss increase restarts)."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, _ = _setup()
     res = horizon_unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev,
-                         batches, rows, clip=clip, noise=noise, train="sp", log=log)
+                         batches, rows, clip=clip, noise=noise, train="sp", log=log,
+                         restart=restart)
 
     def meta_loss(th):
         return horizon_unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev,
@@ -26,6 +29,8 @@ def test_horizon_meta_gradient_matches_finite_differences(clip, log):
     # the replay reproduces the run at theta, and the run moved the net
     assert meta_loss(theta) == pytest.approx(res.stats["meta_loss"], rel=1e-12)
     assert not np.allclose(res.w, w)
+    cold = [t for t in range(1, len(batches) - 1) if res.frozen.d_prev[t] is None]
+    assert bool(cold) == (restart is not None), "a restart within the unroll, when asked"
     rng = np.random.default_rng(5)
     n_s = nets.size_s
     errors = {}

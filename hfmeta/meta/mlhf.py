@@ -212,6 +212,32 @@ def damping_means(s, layout):
     return dict(zip(keys, backend.asnumpy(means).tolist()))
 
 
+def restart_due(f, f_prev, restart):
+    """Whether to restart PCG cold at this step: the mini-batch loss ``f`` is more
+    than ``restart`` times the previous step's ``f_prev`` (False when ``restart``
+    is None or there is no previous step).
+
+    Ours, not the paper's: adaptive restart of momentum methods (O'Donoghue &
+    Candès 2015, the function scheme) applied to the warm start x0 = d_prev.
+    The warm start is MLHF's momentum: in directions of small curvature four
+    CG iterations barely shrink d_prev's error, so each step repeats much of
+    the last one, the more so the smaller the damping.  A restarted step drops
+    d_prev and r_prev (PCG from x0 = 0, the RNN inputs as at t = 0); the LSTM
+    states run on.  The losses are of different mini-batches, so at small
+    losses batch noise alone triggers restarts now and then.
+    """
+    return bool(restart) and f_prev is not None and float(f) > restart * float(f_prev)
+
+
+def check_restart(restart, who):
+    """``restart`` itself when it is None or a loss ratio above 1; else a one-line error."""
+    if restart is not None and (isinstance(restart, bool)
+                                or not isinstance(restart, (int, float)) or not restart > 1):
+        raise UserError(f"{who}: restart={restart!r}: give a loss ratio above 1 (e.g. 2: "
+                        f"restart PCG cold when the loss more than doubles) or leave it out")
+    return restart
+
+
 def clip_step(d, w, lr, clip):
     """Scale of the clipped step ``lr·d``: ``min(1, clip·‖w‖ / (lr‖d‖))`` (1 when ``clip``
     is 0 or None).  The released code clips during meta-training with clip = 0.25."""
@@ -239,10 +265,18 @@ class MLHF(Optimizer):
     meta-nets from another model -- is shortened to that length.  Not a
     guarantee: a run can still blow up through steps within the limit.  The
     next step warm-starts from the unclipped d, as in meta-training.
+
+    ``restart`` (default: the value the meta-parameters were trained with,
+    else None = the paper's unconditional warm start) is a loss ratio > 1:
+    a step whose mini-batch loss is more than ``restart`` times the previous
+    step's starts PCG cold (:func:`restart_due`; logged as ``restarted``).
+    It stops the runaway of a small learned damping, where the warm start
+    repeats an overshooting step until the loss explodes.
     """
 
     name = "mlhf"
-    defaults = {"lr": "auto", "n": None, "curvature_batch": None, "clip": None}
+    defaults = {"lr": "auto", "n": None, "curvature_batch": None, "clip": None,
+                "restart": None}
 
     def __init__(self, nets: MLHFNets, theta, model=None, **hparams):
         super().__init__(**hparams)
@@ -252,6 +286,7 @@ class MLHF(Optimizer):
                                  or not clip > 0):
             raise UserError(f"mlhf: clip={clip!r}: give a positive number (the largest step "
                             f"as a fraction of ‖w‖) or leave it out")
+        check_restart(self.hparams["restart"], "mlhf")
         if self.hparams["n"] is not None:
             nets.n = int(self.hparams["n"])
         self.rows = nets.rows(model.layout) if model is not None else None
@@ -288,6 +323,8 @@ class MLHF(Optimizer):
                     f"{path} was meta-trained on {config.get('model', '?')}, whose parameters "
                     f"have no {', '.join(untrained_kinds)}; {model.name} needs them "
                     f"(meta-train on a model with those kinds)")
+        if config.get("restart") is not None:
+            hparams.setdefault("restart", config["restart"])
         return cls(nets, theta, model, **hparams)
 
     def lr_for(self, batch_size):
@@ -295,7 +332,7 @@ class MLHF(Optimizer):
         return batch_size / self.nets.b_mt if lr == "auto" else float(lr)
 
     def init(self, w):
-        return {"t": 0, "d_prev": None, "r_prev": None, "lstm": None}
+        return {"t": 0, "d_prev": None, "r_prev": None, "lstm": None, "f_prev": None}
 
     def step(self, problem, w, state, batch):
         if self.rows is None:
@@ -304,21 +341,28 @@ class MLHF(Optimizer):
         f, g, lin = self.gradient(problem, w, batch)
         lin = curvature_linearization(problem, w, batch, lin, self.curvature_batch)
         lstm = state["lstm"] or self.nets.zero_states(self.rows, xp, w.dtype)
-        dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g,
-                              state["d_prev"], state["r_prev"], self.rows)
+        restarted = restart_due(f, state.get("f_prev"), self.restart)
+        d_prev, r_prev = (None, None) if restarted else (state["d_prev"], state["r_prev"])
+        dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g, d_prev, r_prev,
+                              self.rows)
         d, r = dirn.pcg.x, dirn.pcg.r
         lr = self.lr_for(batch[0].shape[0])
-        new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm}
+        new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm,
+                     "f_prev": float(f)}
         scale = clip_step(d, w, lr, self.clip)
         info = {"loss": float(f), "step_norm": scale * lr * self.norm(d), "lr": lr,
                 "residual": self.norm(r), **damping_means(dirn.s, problem.model.layout)}
         if self.clip:
             info["clip_scale"] = scale
+        if self.restart:
+            info["restarted"] = int(restarted)
         return w - (scale * lr) * d, new_state, info
 
     # -- checkpointing: flatten the nested LSTM states ---------------------------------
     def state_to_dict(self, state):
         out = {"t": state["t"]}
+        if state.get("f_prev") is not None:
+            out["f_prev"] = state["f_prev"]
         for key in ("d_prev", "r_prev"):
             if state[key] is not None:
                 out[key] = backend.asnumpy(state[key]).copy()
@@ -330,7 +374,8 @@ class MLHF(Optimizer):
         return out
 
     def state_from_dict(self, d, xp=np):
-        state = {"t": int(d.get("t", 0)), "d_prev": None, "r_prev": None, "lstm": None}
+        state = {"t": int(d.get("t", 0)), "d_prev": None, "r_prev": None, "lstm": None,
+                 "f_prev": float(d["f_prev"]) if "f_prev" in d else None}
         for key in ("d_prev", "r_prev"):
             if key in d:
                 state[key] = xp.asarray(d[key])

@@ -42,13 +42,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .mlhf import SOFTPLUS, clip_step, mlhf_direction
+from .mlhf import SOFTPLUS, clip_step, mlhf_direction, restart_due
 from .mlhf_train import STEP_CLIP, Frozen, UnrollResult, clip_step_vjp, l_p_term, lean_loss_and_grad
 from ..pcg import pcg_backward
 
 
 def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
-                   clip=STEP_CLIP, noise=None, frozen=None, backward=True, train="s", log=False):
+                   clip=STEP_CLIP, noise=None, frozen=None, backward=True, train="s", log=False,
+                   restart=None):
     """Run H = ``len(batches) − 1`` MLHF steps; L_H and (optionally) its meta-gradient.
 
     Arguments as :func:`hfmeta.meta.mlhf_train.unroll`.  ``train`` names the
@@ -60,7 +61,10 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     must match (``backward`` must then be False).  Returns an
     :class:`UnrollResult` whose ``stats["meta_loss"]`` is L_H (of the log-losses
     with ``log``; ``stats["loss_end"]`` is always the plain loss) (``l_s`` is NaN:
-    not computed; ``l_p`` is the paper's, for information).
+    not computed; ``l_p`` is the paper's, for information).  ``restart`` (a loss
+    ratio, or None) restarts PCG cold as the optimizer does
+    (:func:`hfmeta.meta.mlhf.restart_due`): a restarted step's d_0^t, r_0^t are
+    None in the record, so the replay and the backward take the same steps.
     """
     if frozen is not None and backward:
         raise ValueError("the frozen replay is for finite differences: backward=False")
@@ -73,9 +77,12 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     steps, caches_s, caches_p = [], [], []      # per step: (Direction, clip scale)
     objective, later, lp_vals, res_norms = [], [], [], []
     f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[0]) if frozen is None else (None,) * 3
-    loss_start = f_t
+    loss_start, f_prev = f_t, None
     for t in range(H):
         if frozen is None:
+            if restart_due(f_t, f_prev, restart):
+                d_prev = r_prev = None
+            f_prev = f_t
             w_lin = w
             rec.w.append(w)
             rec.d_prev.append(d_prev)

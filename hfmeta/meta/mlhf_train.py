@@ -45,7 +45,7 @@ from .. import backend
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
-from .mlhf import SOFTPLUS, MLHFNets, clip_step, mlhf_direction
+from .mlhf import SOFTPLUS, MLHFNets, check_restart, clip_step, mlhf_direction, restart_due
 from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
@@ -121,7 +121,7 @@ def held_out_start(model, batches, T, k, seed=12345, warm=0):
 
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
            clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
-           train="sp", record=True):
+           train="sp", record=True, restart=None):
     """Run T = ``len(batches) − 1`` MLHF steps and (optionally) their meta-gradient.
 
     ``train`` names the meta-nets that get a gradient ("s", "p" or "sp"); the
@@ -134,7 +134,10 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     the run: this is the function whose finite differences the meta-gradient
     must match.  ``record=False`` keeps only the noise and the softmax weights
     in the result's :class:`Frozen` (no w^t, d_0^t, r_0^t, RNN inputs: T·(3 + 6)
-    flat vectors that meta-training never reads).  Returns an :class:`UnrollResult`.
+    flat vectors that meta-training never reads).  ``restart`` (a loss ratio,
+    or None) restarts PCG cold within the unroll as the optimizer does
+    (:func:`hfmeta.meta.mlhf.restart_due`); d_0^t is a stop-gradient constant
+    either way.  Returns an :class:`UnrollResult`.
     """
     xp = backend.get_array_module(theta)
     T = len(batches) - 1
@@ -145,14 +148,18 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     ls_vals, lp_vals, res_norms, losses = [], [], [], []
     need_s = backward and "s" in train
     need_p = backward and "p" in train and nets.use_rnn_p
-    f_t = g_t = lin_t = None
+    f_t = g_t = lin_t = f_prev = None
 
     for t in range(T):
         if frozen is not None:
             w, d_prev, r_prev = frozen.w[t], frozen.d_prev[t], frozen.r_prev[t]
             f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
-        elif f_t is None:
-            f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
+        else:
+            if f_t is None:
+                f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
+            if restart_due(f_t, f_prev, restart):
+                d_prev = r_prev = None
+            f_prev = f_t
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
                               record=True, inputs=None if frozen is None else frozen.inputs[t])
         d, r = dirn.pcg.x, dirn.pcg.r
@@ -237,18 +244,22 @@ class MetaTrainer:
     "horizon": the mean training loss along the unroll with the target net's
     derivatives as constants, :mod:`hfmeta.meta.mlhf_horizon` -- ours, against
     l_s's short-horizon bias; use it with a longer ``T``; "horizon-log": the
-    mean log-loss), ``seed``.
+    mean log-loss), ``restart`` (None, the paper; or a loss ratio: the
+    unrolls restart PCG cold as :class:`hfmeta.meta.mlhf.MLHF` does with it,
+    from each unroll's second step on, and the file records it so the
+    optimizer uses it by default), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
                  store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
-                 objective="paper", seed=0):
+                 objective="paper", restart=None, seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
         self.T, self.reset_prob, self.store_every = int(T), float(reset_prob), int(store_every)
         self.clip, self.noise = clip, noise
+        self.restart = check_restart(restart, "meta-train")
         self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size,
                               inputs=inputs)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
@@ -301,11 +312,11 @@ class MetaTrainer:
             res = horizon_unroll(self.nets, self.theta, self.problem, self.w, self.states,
                                  self.d_prev, self.r_prev, batches, self.rows, lr=1.0,
                                  clip=self.clip, noise=noise, train=self.train,
-                                 log=self.objective == "horizon-log")
+                                 log=self.objective == "horizon-log", restart=self.restart)
         else:
             res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
                          self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
-                         train=self.train, record=False)
+                         train=self.train, record=False, restart=self.restart)
         theta = self.theta.copy()
         theta[self.trained], grad_norm = self.adam.update(theta[self.trained],
                                                           res.grad[self.trained])
@@ -386,7 +397,8 @@ class MetaTrainer:
             fixed = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
                            batches, self.rows, clip=self.clip, frozen=frozen, backward=False)
             own = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
-                         batches, self.rows, clip=self.clip, backward=False, record=False)
+                         batches, self.rows, clip=self.clip, backward=False, record=False,
+                         restart=self.restart)
             for key, value in (("l_p", fixed.l_p), ("l_s", fixed.l_s),
                                ("residual", fixed.stats["residual"]),
                                ("loss_end", own.stats["loss_end"])):
@@ -408,6 +420,7 @@ class MetaTrainer:
                                      "trained_kinds": self.problem.model.layout.kinds,
                                      "T": self.T, "iterations": self.iteration,
                                      "train": self.train, "objective": self.objective,
+                                     "restart": self.restart,
                                      "command": command},
                        extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
 
