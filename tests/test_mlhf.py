@@ -7,7 +7,7 @@ import pytest
 from hfmeta.errors import UserError
 from hfmeta.gradcheck import central_difference, rel_error
 from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from hfmeta.meta.mlhf import MLHF, MLHFNets
+from hfmeta.meta.mlhf import MLHF, MLHFNets, mlhf_direction
 from hfmeta.meta.mlhf_train import MetaTrainer, held_out_start, unroll
 from hfmeta.model import Model
 from hfmeta.params import KINDS
@@ -22,13 +22,13 @@ def tiny_bn_convnet(device="cpu"):
     return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
 
 
-def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh"):
+def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh", loss_input=False):
     model = tiny_bn_convnet()
     assert set(model.layout.kinds) == set(KINDS)
     problem = Problem(model)
     rng = np.random.default_rng(seed)
     batches = [(rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)) for _ in range(T + 1)]
-    nets = MLHFNets(use_rnn_p=use_rnn_p, n=4, inputs=inputs)
+    nets = MLHFNets(use_rnn_p=use_rnn_p, n=4, inputs=inputs, loss_input=loss_input)
     theta = nets.init(seed) + 0.3 * rng.standard_normal(nets.size)   # a generic point
     rows = nets.rows(model.layout)
     states = nets.zero_states(rows, np, np.float64)
@@ -45,14 +45,16 @@ def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh"):
     return nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip
 
 
-@pytest.mark.parametrize("inputs,restart", [("tanh", None), ("logsign", None),
-                                            ("tanh", 1 + 1e-9)])
-def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(inputs, restart):
+@pytest.mark.parametrize("inputs,restart,loss_input", [("tanh", None, False),
+                                                       ("logsign", None, False),
+                                                       ("tanh", 1 + 1e-9, True)])
+def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(
+        inputs, restart, loss_input):
     """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses
     (with the paper's tanh inputs and with the L2L log/sign ones; and with a PCG restart
-    within the unroll, ratio 1 + 1e-9: any loss increase restarts)."""
+    within the unroll, ratio 1 + 1e-9: any loss increase restarts, and RNN_s's loss input)."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(
-        inputs=inputs)
+        inputs=inputs, loss_input=loss_input)
     res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
                  clip=clip, noise=noise, restart=restart)
     cold = [t for t in range(1, len(batches) - 1) if res.frozen.d_prev[t] is None]
@@ -273,6 +275,40 @@ def test_restart_starts_pcg_cold_when_the_loss_jumps():
     for bad in (1, 0.5, "big", True):
         with pytest.raises(UserError, match="restart"):
             MLHF.from_meta(None, model, untrained=True, restart=bad)
+
+
+def test_loss_input_feeds_rnn_s_the_loss_log_ratio(tmp_path):
+    """``loss_input``: RNN_s's fourth input column is tanh(log(l_t / l_{t−1})) on every
+    coordinate (0 at the first step), RNN_p's inputs are unchanged; the step depends on
+    the previous loss; the option survives the meta-parameter file."""
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    nets = MLHFNets(loss_input=True)
+    assert nets.rnn_s.lstms["conv.weight"].n_inputs == 4
+    assert nets.rnn_p.lstms["conv.weight"].n_inputs == 3
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4))
+    opt = MLHF(nets, nets.init(0) + 0.3 * rng.standard_normal(nets.size), model, lr=1.0)
+    w = model.init(0)
+    state = opt.init(w)
+    f = float(problem.loss(w, batch))
+    steps = {}
+    for f_prev in (None, f, f / 3):
+        st = {**copy.deepcopy(state), "f_prev": f_prev}
+        lstm = nets.zero_states(nets.rows(model.layout), np, np.float64)
+        lin = problem.loss_and_grad(w, batch)
+        dirn = mlhf_direction(nets, opt.theta, lstm, problem, lin[2], lin[1], None, None,
+                              opt.rows, loss_ratio=0.0 if f_prev is None else np.log(f / f_prev))
+        np.testing.assert_allclose(dirn.inputs_s[:, 3], np.tanh(np.log(f / (f_prev or f))),
+                                   rtol=1e-12)
+        assert dirn.inputs_p.shape[1] == 3
+        steps[f_prev] = opt.step(problem, w, st, batch)[0]
+    np.testing.assert_array_equal(steps[None], steps[f])          # ratio 1: as at t = 0
+    assert not np.allclose(steps[f], steps[f / 3])
+    path = str(tmp_path / "l.h5")
+    nets.save(path, opt.theta)
+    assert MLHFNets.load(path)[0].loss_input is True
+    assert MLHFNets().config()["loss_input"] is False
 
 
 def test_step_reports_the_damping_of_each_parameter_kind():

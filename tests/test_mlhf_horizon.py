@@ -15,8 +15,9 @@ def test_horizon_meta_gradient_matches_finite_differences(clip, log, restart):
     """L_H = (1/H) Σ_t l(x^t, w^t) (or of log l) over H = 3 steps of a tiny conv net with
     BN (float64), target-net derivatives as constants (the frozen replay), both meta-nets;
     with the step clip active (0.05) and inactive (10), and with a PCG restart within
-    the unroll (ratio 1 + 1e-9: any loss increase restarts)."""
-    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, _ = _setup()
+    the unroll (ratio 1 + 1e-9: any loss increase restarts) and RNN_s's loss input."""
+    nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, _ = _setup(
+        loss_input=restart is not None)
     res = horizon_unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev,
                          batches, rows, clip=clip, noise=noise, train="sp", log=log,
                          restart=restart)

@@ -62,28 +62,36 @@ class MLHFNets:
     ``theta`` is one flat vector ``[theta_s, theta_p]`` (``theta_p`` empty
     when ``use_rnn_p`` is false: the ablation without RNN_p uses P = I).
     ``inputs`` names the preprocessing of the three RNN inputs (module
-    docstring): "tanh" (paper) or "logsign".
+    docstring): "tanh" (paper) or "logsign".  ``loss_input`` (ours, not the
+    paper's) gives RNN_s a fourth input, the same on every coordinate:
+    tanh(log(l_t / l_{t−1})), the log-ratio of this step's mini-batch loss to
+    the previous step's (0 at the first step) -- what Levenberg–Marquardt
+    damping reacts to, so that RNN_s can learn to raise the damping after a
+    loss jump.
     """
 
     def __init__(self, hidden=(4, 4), kinds=KINDS, use_rnn_p=True, n=4,
-                 s_min=S_MIN, p_min=P_MIN, b_mt=64, inputs="tanh"):
+                 s_min=S_MIN, p_min=P_MIN, b_mt=64, inputs="tanh", loss_input=False):
         if inputs not in INPUTS:
             raise UserError(f"MLHF inputs={inputs!r}: choose {' or '.join(INPUTS)}")
         self.hidden, self.kinds = tuple(hidden), tuple(kinds)
         self.use_rnn_p, self.n = bool(use_rnn_p), int(n)
         self.s_min, self.p_min, self.b_mt = float(s_min), float(p_min), int(b_mt)
-        self.inputs = inputs
+        self.inputs, self.loss_input = inputs, bool(loss_input)
         self.preprocess = (INPUTS[inputs](),) * 3
-        n_features = sum(pp.n_features for pp in self.preprocess)
-        self.rnn_s = LSTMBank.uniform(self.kinds, n_features, self.hidden)
-        self.rnn_p = LSTMBank.uniform(self.kinds, n_features, self.hidden) if use_rnn_p else None
+        self.preprocess_s = self.preprocess + ((Tanh(),) if self.loss_input else ())
+        self.rnn_s = LSTMBank.uniform(self.kinds, sum(pp.n_features for pp in self.preprocess_s),
+                                      self.hidden)
+        self.rnn_p = (LSTMBank.uniform(self.kinds, sum(pp.n_features for pp in self.preprocess),
+                                       self.hidden) if use_rnn_p else None)
         self.size_s = self.rnn_s.size
         self.size = self.size_s + (self.rnn_p.size if use_rnn_p else 0)
 
     def config(self):
         return {"hidden": list(self.hidden), "kinds": list(self.kinds),
                 "use_rnn_p": self.use_rnn_p, "n": self.n, "s_min": self.s_min,
-                "p_min": self.p_min, "b_mt": self.b_mt, "inputs": self.inputs}
+                "p_min": self.p_min, "b_mt": self.b_mt, "inputs": self.inputs,
+                "loss_input": self.loss_input}
 
     def split(self, theta):
         """``(theta_s, theta_p)`` views of the flat meta-parameters."""
@@ -135,7 +143,8 @@ class MLHFNets:
         config, banks, extra = load_meta(path, "mlhf", xp, dtype)
         nets = cls(hidden=config["hidden"], kinds=config["kinds"], use_rnn_p=config["use_rnn_p"],
                    n=config["n"], s_min=config["s_min"], p_min=config["p_min"],
-                   b_mt=config["b_mt"], inputs=config.get("inputs", "tanh"))
+                   b_mt=config["b_mt"], inputs=config.get("inputs", "tanh"),
+                   loss_input=config.get("loss_input", False))
         parts = [banks["rnn_s"][1]] + ([banks["rnn_p"][1]] if nets.use_rnn_p else [])
         theta = xp.concatenate(parts) if len(parts) > 1 else parts[0]
         if theta.shape != (nets.size,):
@@ -159,12 +168,14 @@ class Direction:
 
 
 def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, record=False,
-                   inputs=None):
+                   inputs=None, loss_ratio=0.0):
     """Steps 2-5 of Algorithm 1 at the linearization ``lin`` with gradient ``g``.
 
     ``states`` (LSTM states, updated in place: ``states["s"]``, ``states["p"]``),
     ``d_prev``/``r_prev`` the previous solution and residual (``None`` at the
-    start).  ``inputs`` replaces the RNN inputs by given constants (the
+    start).  ``loss_ratio`` is log(l_t / l_{t−1}), RNN_s's fourth input when
+    ``nets.loss_input`` (:func:`log_loss_ratio`).  ``inputs`` replaces the RNN
+    inputs by given constants (the
     finite-difference replay of meta-training).  ``record`` (meta-training)
     keeps the PCG iterates and the LSTM caches; without it (inference) both
     are skipped and ``cache_s``/``cache_p`` are None.  Returns a :class:`Direction`.
@@ -174,7 +185,11 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
     zeros = None if d_prev is not None and r_prev is not None else xp.zeros_like(g)
     d0 = zeros if d_prev is None else d_prev
     rp = zeros if r_prev is None else r_prev
-    x_s = build_inputs(nets.preprocess, (g, d0, rp)) if inputs is None else inputs[0]
+    if inputs is None:
+        extra = (xp.full_like(g, loss_ratio),) if nets.loss_input else ()
+        x_s = build_inputs(nets.preprocess_s, (g, d0, rp) + extra)
+    else:
+        x_s = inputs[0]
     out_s, states["s"], cache_s = nets.rnn_s.step(theta_s, states["s"], x_s, rows,
                                                   keep_cache=record)
     s = SOFTPLUS.forward(out_s[:, 0])
@@ -210,6 +225,11 @@ def damping_means(s, layout):
     keys = ["damping_mean"] + [f"damping_mean.{k}" for k in layout.kinds]
     means = xp.stack([s.mean()] + [s[layout.kind_slice(k)].mean() for k in layout.kinds])
     return dict(zip(keys, backend.asnumpy(means).tolist()))
+
+
+def log_loss_ratio(f, f_prev):
+    """log(f / f_prev), RNN_s's loss input (0 when there is no previous loss)."""
+    return 0.0 if f_prev is None else math.log(float(f) / float(f_prev))
 
 
 def restart_due(f, f_prev, restart):
@@ -344,7 +364,7 @@ class MLHF(Optimizer):
         restarted = restart_due(f, state.get("f_prev"), self.restart)
         d_prev, r_prev = (None, None) if restarted else (state["d_prev"], state["r_prev"])
         dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g, d_prev, r_prev,
-                              self.rows)
+                              self.rows, loss_ratio=log_loss_ratio(f, state.get("f_prev")))
         d, r = dirn.pcg.x, dirn.pcg.r
         lr = self.lr_for(batch[0].shape[0])
         new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .mlhf import SOFTPLUS, clip_step, mlhf_direction, restart_due
+from .mlhf import SOFTPLUS, clip_step, log_loss_ratio, mlhf_direction, restart_due
 from .mlhf_train import STEP_CLIP, Frozen, UnrollResult, clip_step_vjp, l_p_term, lean_loss_and_grad
 from ..pcg import pcg_backward
 
@@ -80,6 +80,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     loss_start, f_prev = f_t, None
     for t in range(H):
         if frozen is None:
+            ratio = log_loss_ratio(f_t, f_prev)
             if restart_due(f_t, f_prev, restart):
                 d_prev = r_prev = None
             f_prev = f_t
@@ -94,7 +95,8 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
             if t == 0:
                 loss_start = f_t                 # the replay starts from the recorded w^0
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
-                              record=True, inputs=None if frozen is None else frozen.inputs[t])
+                              record=True, inputs=None if frozen is None else frozen.inputs[t],
+                              loss_ratio=0.0 if frozen is not None else ratio)
         if frozen is None:
             rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
         d, r = dirn.pcg.x, dirn.pcg.r

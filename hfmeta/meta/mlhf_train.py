@@ -45,7 +45,8 @@ from .. import backend
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
-from .mlhf import SOFTPLUS, MLHFNets, check_restart, clip_step, mlhf_direction, restart_due
+from .mlhf import (SOFTPLUS, MLHFNets, check_restart, clip_step, log_loss_ratio,
+                   mlhf_direction, restart_due)
 from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
@@ -157,11 +158,13 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         else:
             if f_t is None:
                 f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
+            ratio = log_loss_ratio(f_t, f_prev)
             if restart_due(f_t, f_prev, restart):
                 d_prev = r_prev = None
             f_prev = f_t
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
-                              record=True, inputs=None if frozen is None else frozen.inputs[t])
+                              record=True, inputs=None if frozen is None else frozen.inputs[t],
+                              loss_ratio=0.0 if frozen is not None else ratio)
         d, r = dirn.pcg.x, dirn.pcg.r
         if frozen is None:
             if record:
@@ -247,13 +250,15 @@ class MetaTrainer:
     mean log-loss), ``restart`` (None, the paper; or a loss ratio: the
     unrolls restart PCG cold as :class:`hfmeta.meta.mlhf.MLHF` does with it,
     from each unroll's second step on, and the file records it so the
-    optimizer uses it by default), ``seed``.
+    optimizer uses it by default), ``loss_input`` (RNN_s also sees the loss
+    log-ratio, :class:`hfmeta.meta.mlhf.MLHFNets`; ours; 0 at the first step
+    of each unroll), ``seed``.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
                  store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
-                 objective="paper", restart=None, seed=0):
+                 objective="paper", restart=None, loss_input=False, seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -261,7 +266,7 @@ class MetaTrainer:
         self.clip, self.noise = clip, noise
         self.restart = check_restart(restart, "meta-train")
         self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size,
-                              inputs=inputs)
+                              inputs=inputs, loss_input=loss_input)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
