@@ -31,8 +31,10 @@ w^t (one more forward+backward pass per step; the same numbers).  Memory:
 H × (PCG tape + LSTM caches + w^t), one linearization at a time.
 
 What it learns on ``cnn-small`` (T = 120, RNN_s only): the log-loss version
-finds the small damping a 10-epoch run wants (final loss 0.00125 against the
-untrained 0.00318) but at the edge of stability: the gain and the blow-ups
+finds a smaller damping that trains 10 epochs of the held-out split 2.5x
+lower than the untrained MLHF on the runs that finish (0.00125 against
+0.00318 on seeds 0-4), but at the edge of stability: on seeds 5-14 it
+diverges on 4 of 10 (``docs/mlhf_restart.md``).  The gain and the blow-ups
 are both the damping it learns for the conv weights (0.23; the other kinds
 get 0.59-1.10 against the untrained 0.69), see ``hfmeta/meta/shipped/README.md``.
 An experiment, not the paper's method.
