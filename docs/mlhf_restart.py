@@ -1,4 +1,4 @@
-"""Does PCG's adaptive restart make the horizon-log MLHF's gain safe?  Whole runs, per seed.
+"""Can the horizon-log MLHF's gain be made safe (restart, a loss input)?  Whole runs, per seed.
 
 Writes ``docs/mlhf_restart.md`` (and prints it)::
 
@@ -23,7 +23,12 @@ The MLHFs compared (all: two-layer RNNs of 4 units, n = 4, lr = 1 at b = 128):
   restarts), with and without restart at inference;
 * ``horizon-log, restart in meta-training`` -- ``docs/mlhf_horizon_log_restart.h5``,
   meta-trained with ``--opt restart=2`` (its unrolls restart too); the file
-  makes restart = 2 the optimizer's default.
+  makes restart = 2 the optimizer's default;
+* ``horizon-log, RNN_s sees the loss ratio`` -- ``docs/mlhf_horizon_log_loss_input.h5``,
+  meta-trained with ``--opt loss_input=true``: RNN_s's fourth input is
+  tanh(log(l_t / l_{t−1})), so it could learn to raise the damping after a
+  loss jump as Levenberg–Marquardt does; and the same with
+  ``--opt restart=2`` too (``docs/mlhf_horizon_log_loss_input_restart.h5``).
 
 Each runs ``hfmeta train -o mlhf --split S -b 128 --epochs E`` from a fresh
 net on the held-out target split (10 epochs) and on the meta-training split
@@ -50,6 +55,8 @@ from mlhf_damping import ROOT, loss_text, run_summary, train_command
 DEFAULT_OUT = os.path.join(ROOT, "docs", "mlhf_restart.md")
 HORIZON_LOG = "docs/mlhf_horizon_log.h5"
 HORIZON_LOG_RESTART = "docs/mlhf_horizon_log_restart.h5"
+HORIZON_LOG_LOSS = "docs/mlhf_horizon_log_loss_input.h5"
+HORIZON_LOG_LOSS_RESTART = "docs/mlhf_horizon_log_loss_input_restart.h5"
 # (name, --meta file or None for the untrained meta-nets, extra --hp settings)
 VARIANTS = [
     ("untrained", None, []),
@@ -57,6 +64,8 @@ VARIANTS = [
     ("horizon-log", HORIZON_LOG, []),
     ("horizon-log, restart 2", HORIZON_LOG, ["restart=2"]),
     ("horizon-log, restart in meta-training (2)", HORIZON_LOG_RESTART, []),
+    ("horizon-log, RNN_s sees the loss ratio", HORIZON_LOG_LOSS, []),
+    ("horizon-log, loss ratio and restart in meta-training (2)", HORIZON_LOG_LOSS_RESTART, []),
 ]
 SPLITS = {"target": 10, "meta": 6}          # split: epochs
 
@@ -116,7 +125,8 @@ def main():
         results = dict(zip(jobs, pool.map(launch, jobs)))
 
     example = shlex.join(command("FILE", ["HP"], "SEED", "target", "RUN_DIR"))
-    lines = ["# Adaptive restart and the horizon-log MLHF (cnn-small on mnist5k)", "",
+    lines = ["# The horizon-log MLHF on fresh seeds: adaptive restart, a loss input "
+             "(cnn-small on mnist5k)", "",
              f"Made by `python docs/mlhf_restart.py --target-seeds {args.target_seeds} "
              f"--meta-seeds {args.meta_seeds}` in {(time.perf_counter() - t0) / 60:.1f} min "
              f"({args.jobs} processes, one BLAS thread each); see the script's docstring "
