@@ -251,6 +251,16 @@ def restart_due(f, f_prev, restart):
     return bool(restart) and f_prev is not None and float(f) > restart * float(f_prev)
 
 
+def warm_start(f, f_prev, d_prev, r_prev, restart):
+    """``(d_prev, r_prev, loss_ratio)`` for a step at mini-batch loss ``f`` after one at
+    ``f_prev`` (None at the first step): the previous solution and residual, or
+    ``(None, None)`` when :func:`restart_due`, and RNN_s's loss input
+    :func:`log_loss_ratio` -- shared by the optimizer and both meta-training unrolls."""
+    if restart_due(f, f_prev, restart):
+        d_prev = r_prev = None
+    return d_prev, r_prev, log_loss_ratio(f, f_prev)
+
+
 def check_restart(restart, who):
     """``restart`` itself when it is None or a loss ratio above 1; else a one-line error."""
     if restart is not None and (isinstance(restart, bool)
@@ -292,8 +302,9 @@ class MLHF(Optimizer):
     else None = the paper's unconditional warm start) is a loss ratio > 1:
     a step whose mini-batch loss is more than ``restart`` times the previous
     step's starts PCG cold (:func:`restart_due`; logged as ``restarted``).
-    It stops the runaway of a small learned damping, where the warm start
-    repeats an overshooting step until the loss explodes.
+    Meant to stop the runaway of a small learned damping, where the warm
+    start repeats an overshooting step until the loss explodes; measured, it
+    does not make the horizon-log MLHF safe (``docs/mlhf_restart.md``).
     """
 
     name = "mlhf"
@@ -363,10 +374,11 @@ class MLHF(Optimizer):
         f, g, lin = self.gradient(problem, w, batch)
         lin = curvature_linearization(problem, w, batch, lin, self.curvature_batch)
         lstm = state["lstm"] or self.nets.zero_states(self.rows, xp, w.dtype)
-        restarted = restart_due(f, state.get("f_prev"), self.restart)
-        d_prev, r_prev = (None, None) if restarted else (state["d_prev"], state["r_prev"])
+        d_prev, r_prev, ratio = warm_start(f, state.get("f_prev"), state["d_prev"],
+                                           state["r_prev"], self.restart)
+        restarted = d_prev is None and state["d_prev"] is not None
         dirn = mlhf_direction(self.nets, self.theta, lstm, problem, lin, g, d_prev, r_prev,
-                              self.rows, loss_ratio=log_loss_ratio(f, state.get("f_prev")))
+                              self.rows, loss_ratio=ratio)
         d, r = dirn.pcg.x, dirn.pcg.r
         lr = self.lr_for(batch[0].shape[0])
         new_state = {"t": state["t"] + 1, "d_prev": d, "r_prev": r, "lstm": lstm,

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .mlhf import SOFTPLUS, clip_step, log_loss_ratio, mlhf_direction, restart_due
+from .mlhf import SOFTPLUS, clip_step, mlhf_direction, warm_start
 from .mlhf_train import STEP_CLIP, Frozen, UnrollResult, clip_step_vjp, l_p_term, lean_loss_and_grad
 from ..pcg import pcg_backward
 
@@ -82,9 +82,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
     loss_start, f_prev = f_t, None
     for t in range(H):
         if frozen is None:
-            ratio = log_loss_ratio(f_t, f_prev)
-            if restart_due(f_t, f_prev, restart):
-                d_prev = r_prev = None
+            d_prev, r_prev, ratio = warm_start(f_t, f_prev, d_prev, r_prev, restart)
             f_prev = f_t
             w_lin = w
             rec.w.append(w)

@@ -45,8 +45,7 @@ from .. import backend
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
-from .mlhf import (SOFTPLUS, MLHFNets, check_restart, clip_step, log_loss_ratio,
-                   mlhf_direction, restart_due)
+from .mlhf import SOFTPLUS, MLHFNets, check_restart, clip_step, mlhf_direction, warm_start
 from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
@@ -158,9 +157,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         else:
             if f_t is None:
                 f_t, g_t, lin_t = lean_loss_and_grad(problem, w, batches[t])
-            ratio = log_loss_ratio(f_t, f_prev)
-            if restart_due(f_t, f_prev, restart):
-                d_prev = r_prev = None
+            d_prev, r_prev, ratio = warm_start(f_t, f_prev, d_prev, r_prev, restart)
             f_prev = f_t
         dirn = mlhf_direction(nets, theta, states, problem, lin_t, g_t, d_prev, r_prev, rows,
                               record=True, inputs=None if frozen is None else frozen.inputs[t],
