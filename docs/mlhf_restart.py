@@ -28,7 +28,11 @@ The MLHFs compared (all: two-layer RNNs of 4 units, n = 4, lr = 1 at b = 128):
   meta-trained with ``--opt loss_input=true``: RNN_s's fourth input is
   tanh(log(l_t / l_{t−1})), so it could learn to raise the damping after a
   loss jump as Levenberg–Marquardt does; and the same with
-  ``--opt restart=2`` too (``docs/mlhf_horizon_log_loss_input_restart.h5``).
+  ``--opt restart=2`` too (``docs/mlhf_horizon_log_loss_input_restart.h5``);
+* ``untrained, conv.weight's damping held at s`` -- what any learned
+  damping of the conv weights could give: the untrained meta-nets with
+  conv.weight's RNN_s giving the constant s (:meth:`MLHFNets.constant_damping`;
+  the horizon-log RNN_s gives it 0.23, the untrained one 0.69).
 
 Each runs ``hfmeta train -o mlhf --split S -b 128 --epochs E`` from a fresh
 net on the held-out target split (10 epochs) and on the meta-training split
@@ -52,12 +56,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from mlhf_damping import ROOT, loss_text, run_summary, train_command
 
+from hfmeta.meta.mlhf import MLHFNets
+
 DEFAULT_OUT = os.path.join(ROOT, "docs", "mlhf_restart.md")
 HORIZON_LOG = "docs/mlhf_horizon_log.h5"
 HORIZON_LOG_RESTART = "docs/mlhf_horizon_log_restart.h5"
 HORIZON_LOG_LOSS = "docs/mlhf_horizon_log_loss_input.h5"
 HORIZON_LOG_LOSS_RESTART = "docs/mlhf_horizon_log_loss_input_restart.h5"
-# (name, --meta file or None for the untrained meta-nets, extra --hp settings)
+CONV_DAMPING = (0.3, 0.4, 0.5)
+# (name, --meta file, or None for the untrained meta-nets, or {kind: s} for the
+# untrained ones with that kind's damping held at s; extra --hp settings)
 VARIANTS = [
     ("untrained", None, []),
     ("untrained, restart 2", None, ["restart=2"]),
@@ -66,7 +74,8 @@ VARIANTS = [
     ("horizon-log, restart in meta-training (2)", HORIZON_LOG_RESTART, []),
     ("horizon-log, RNN_s sees the loss ratio", HORIZON_LOG_LOSS, []),
     ("horizon-log, loss ratio and restart in meta-training (2)", HORIZON_LOG_LOSS_RESTART, []),
-]
+] + [(f"untrained, conv.weight's damping held at {s:g}", {"conv.weight": s}, [])
+     for s in CONV_DAMPING]
 SPLITS = {"target": 10, "meta": 6}          # split: epochs
 
 
@@ -89,6 +98,17 @@ def command(meta, hps, seed, split, out):
     return cmd
 
 
+def constant_file(damping, runs):
+    """A meta-parameter file: the untrained MLHF (b_mt = 128, so lr = 1 at b = 128)
+    with RNN_s giving the constant ``damping[kind]`` on those kinds; its path."""
+    nets = MLHFNets(b_mt=128)
+    path = os.path.join(runs, "meta", "_".join(f"{k}={s:g}" for k, s in damping.items()) + ".h5")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nets.save(path, nets.constant_damping(nets.init(0), damping),
+              extra_config={"model": "cnn-small", "variant": f"constant damping {damping}"})
+    return os.path.relpath(path, ROOT)
+
+
 def restarts(run_dir):
     """Number of restarted steps of a run (finished or not)."""
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
@@ -105,15 +125,17 @@ def main():
     args = parser.parse_args()
     seeds = {"target": seed_list(args.target_seeds), "meta": seed_list(args.meta_seeds)}
     for _, meta, _ in VARIANTS:
-        if meta and not os.path.exists(os.path.join(ROOT, meta)):
+        if isinstance(meta, str) and not os.path.exists(os.path.join(ROOT, meta)):
             parser.error(f"{meta} is missing; see hfmeta/meta/shipped/README.md for its command")
     t0 = time.perf_counter()
+    variants = [(name, constant_file(meta, args.runs) if isinstance(meta, dict) else meta, hps)
+                for name, meta, hps in VARIANTS]
     jobs = [(i, split, seed) for i in range(len(VARIANTS)) for split in SPLITS
             for seed in seeds[split]]
 
     def launch(job):
         i, split, seed = job
-        _, meta, hps = VARIANTS[i]
+        _, meta, hps = variants[i]
         out = os.path.join(args.runs, f"variant{i}", split, str(seed))
         shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
         subprocess.run(command(meta, hps, seed, split, os.path.relpath(out, ROOT)), cwd=ROOT,
