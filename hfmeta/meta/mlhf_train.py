@@ -250,12 +250,22 @@ class MetaTrainer:
     optimizer uses it by default), ``loss_input`` (RNN_s also sees the loss
     log-ratio, :class:`hfmeta.meta.mlhf.MLHFNets`; ours; 0 at the first step
     of each unroll), ``seed``.
+
+    ``objective="es"`` (ours, :mod:`hfmeta.meta.mlhf_es`) replaces the
+    unrolls by whole runs of ``es_steps`` MLHF steps as ``hfmeta train``
+    takes them, scored by their mean log-loss, with an evolution-strategies
+    gradient of ``es_pairs`` antithetic pairs at perturbation ``es_sigma``
+    (``es_cap`` caps a run's loss; a blow-up counts log(cap) per remaining
+    step) on the output layers of the trained nets (``es_params="out"``) or
+    on all of them (``"all"``); ``workers`` runs them in forked processes.
+    T, clip, noise, reset_prob and the replay buffer do not apply to it.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
                  store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
-                 objective="paper", restart=None, loss_input=False, seed=0):
+                 objective="paper", restart=None, loss_input=False, es_pairs=8, es_sigma=0.1,
+                 es_steps=120, es_params="out", es_cap=10.0, workers=1, seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -268,12 +278,20 @@ class MetaTrainer:
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
         self.train = train
-        if objective not in ("paper", "horizon", "horizon-log"):
-            raise UserError(f"objective={objective!r}: choose paper, horizon or horizon-log")
+        if objective not in ("paper", "horizon", "horizon-log", "es"):
+            raise UserError(f"objective={objective!r}: choose paper, horizon, horizon-log or es")
         self.objective = objective
         self.trained = {"sp": slice(0, self.nets.size), "s": slice(0, self.nets.size_s),
                         "p": slice(self.nets.size_s, self.nets.size)}[train]
-        self.adam = MetaAdam(self.trained.stop - self.trained.start, meta_lr, l2, max_grad_norm,
+        self.es = None
+        if objective == "es":
+            from .mlhf_es import ES_PARAMS, WholeRunES, output_coordinates
+            if es_params not in ES_PARAMS:
+                raise UserError(f"es_params={es_params!r}: choose {' or '.join(ES_PARAMS)}")
+            if es_params == "out":
+                self.trained = output_coordinates(self.nets, train)
+            self.es = WholeRunES(self, es_pairs, es_sigma, es_steps, es_cap, workers)
+        self.adam = MetaAdam(len(np.arange(self.nets.size)[self.trained]), meta_lr, l2, max_grad_norm,
                              xp=self.xp, dtype=self.dtype)
         self.rows = self.nets.rows(model.layout)
         self.replay = ReplayBuffer(buffer)
@@ -300,6 +318,8 @@ class MetaTrainer:
 
     def meta_step(self):
         """One meta-iteration: maybe reset, unroll T steps, Adam update. Returns stats."""
+        if self.es is not None:
+            return self._es_step()
         reset = self.w is None or self.rng.random() < self.reset_prob
         if reset:
             self._reset()
@@ -329,6 +349,17 @@ class MetaTrainer:
         self.iteration += 1
         return {"iteration": self.iteration, "reset": reset, "grad_norm": grad_norm,
                 "wall": time.perf_counter() - t0, **res.stats}
+
+    def _es_step(self):
+        """One meta-iteration of ``objective="es"``: 2 · es_pairs whole runs, Adam update."""
+        t0 = time.perf_counter()
+        grad, stats = self.es.gradient(self.theta, self.trained)
+        theta = self.theta.copy()
+        theta[self.trained], grad_norm = self.adam.update(theta[self.trained], grad)
+        self.theta = theta
+        self.iteration += 1
+        return {"iteration": self.iteration, "grad_norm": grad_norm,
+                "wall": time.perf_counter() - t0, **stats}
 
     def held_out(self, starts=4, warm=(0, 30), seed=12345):
         """The fixed held-out windows of :meth:`evaluate`, made once per argument set.
@@ -414,6 +445,8 @@ class MetaTrainer:
             history.append(stats)
             if on_iteration:
                 on_iteration(stats)
+        if self.es is not None:
+            self.es.close()
         return history
 
     def save(self, path, command="", model_name=None):
