@@ -7,8 +7,9 @@ import pytest
 from hfmeta.errors import UserError
 from hfmeta.meta import mlhf_es
 from hfmeta.meta.mlhf import MLHF, MLHFNets
-from hfmeta.meta.mlhf_es import output_coordinates, run_fitness
+from hfmeta.meta.mlhf_es import es_coordinates, run_fitness
 from hfmeta.meta.mlhf_train import MetaTrainer
+from hfmeta.params import KINDS
 from hfmeta.problem import Problem
 from test_mlhf import _RandomStream, tiny_bn_convnet
 
@@ -79,19 +80,25 @@ def test_a_blown_up_run_counts_log_cap_for_every_remaining_step(monkeypatch, los
     assert f == pytest.approx(np.mean(logs + [math.log(10.0)] * (6 - len(logs))), rel=1e-12)
 
 
-def test_output_coordinates_are_the_output_layers_of_the_trained_nets():
+def test_es_coordinates_are_the_chosen_layers_of_the_trained_nets_and_present_kinds():
     nets = MLHFNets()
-    index = output_coordinates(nets, "s")
+    kinds = ("conv.weight", "fc.bias")
+    index = es_coordinates(nets, "s", kinds)
     marked = np.zeros(nets.size)
     marked[index] = 1
     for kind, sl in nets.rnn_s.theta_slices.items():
         views = nets.rnn_s.lstms[kind].views(marked[sl])
         for name, view in views.items():
-            assert view.all() if name.startswith("out.") else not view.any(), (kind, name)
+            chosen = kind in kinds and name.startswith("out.")
+            assert view.all() if chosen else not view.any(), (kind, name)
     assert not marked[nets.size_s:].any()
-    assert len(index) == len(nets.kinds) * (nets.hidden[-1] + 1)
-    both = output_coordinates(nets, "sp")
+    assert len(index) == len(kinds) * (nets.hidden[-1] + 1)
+    both = es_coordinates(nets, "sp", kinds)
     assert len(both) == 2 * len(index) and set(index) <= set(both)
+    every = es_coordinates(nets, "p", kinds, "all")
+    expected = [np.arange(nets.size_s + nets.rnn_p.theta_slices[k].start,
+                          nets.size_s + nets.rnn_p.theta_slices[k].stop) for k in kinds]
+    np.testing.assert_array_equal(every, np.sort(np.concatenate(expected)))
 
 
 def test_es_estimate_is_unbiased_for_a_linear_fitness(monkeypatch):
@@ -100,7 +107,7 @@ def test_es_estimate_is_unbiased_for_a_linear_fitness(monkeypatch):
     c = np.linspace(-1.0, 2.0, 30)
     trainer = MetaTrainer(_problem(), _Stream(), objective="es", train="s", es_pairs=4000,
                           es_steps=1, seed=0)
-    assert len(np.arange(trainer.nets.size)[trainer.trained]) == 30
+    assert len(trainer.trained) == 30            # 6 kinds × (4 output weights + 1 bias)
 
     def linear(task):
         theta = task[0]
@@ -150,7 +157,7 @@ def test_es_meta_step_in_forked_workers_equals_one_process(tmp_path):
         assert stats["es_blowups"] == 0 and math.isfinite(stats["es_fitness"])
     np.testing.assert_array_equal(results[0], results[1])
     moved = np.flatnonzero(results[0] != theta0)
-    assert len(moved) > 0 and set(moved) <= set(output_coordinates(trainer.nets, "s"))
+    assert len(moved) > 0 and set(moved) <= set(es_coordinates(trainer.nets, "s", KINDS))
     path = str(tmp_path / "es.h5")
     trainer.save(path)
     assert MLHFNets.load(path)[2]["objective"] == "es"

@@ -27,8 +27,10 @@ run, where truncated backpropagation through an unrolled optimizer is biased
 and can explode (Metz, Maheswaranathan, Nixon, Freeman & Sohl-Dickstein
 2019).  The price is variance: N pairs per step in D dimensions, so
 ``es_params="out"`` perturbs only the output layers of the LSTMs (5
-numbers per kind and net, D = 30 for RNN_s on cnn-small) and keeps their
-bodies at initialisation; ``"all"`` perturbs everything trained.
+numbers per kind and net: D = 20 for RNN_s on cnn-small's four kinds) and
+keeps their bodies at initialisation; ``"all"`` perturbs every meta-parameter
+of the trained nets (D = 1108 for RNN_s on cnn-small).  Kinds the target net
+does not have are left alone.
 
 Cost: 2N whole runs per meta-iteration (cnn-small, K = 120, float32: ~7 s
 a run on one core); ``workers`` > 1 runs them in that many forked processes
@@ -84,8 +86,11 @@ def _run_task(task):
                        ctx["cap"], ctx["restart"])
 
 
-def output_coordinates(nets, train):
-    """Indices into θ of the output layers (out.weight, out.bias) of the trained nets."""
+def es_coordinates(nets, train, kinds, params="out"):
+    """Indices into θ that ES perturbs: of the trained nets (``train``: "s", "p" or
+    "sp") and the parameter kinds the target net has (``kinds``; the others get no
+    signal), the output layers (out.weight, out.bias) with ``params="out"``, every
+    meta-parameter with ``"all"``."""
     banks = [("s", nets.rnn_s, 0)]
     if nets.use_rnn_p:
         banks.append(("p", nets.rnn_p, nets.size_s))
@@ -93,8 +98,11 @@ def output_coordinates(nets, train):
     for name, bank, offset in banks:
         if name not in train:
             continue
-        for kind, sl in bank.theta_slices.items():
-            lstm = bank.lstms[kind]
+        for kind in kinds:
+            sl, lstm = bank.theta_slices[kind], bank.lstms[kind]
+            if params == "all":
+                index.append(offset + np.arange(sl.start, sl.stop))
+                continue
             local = lstm.views(np.arange(lstm.size))
             index += [offset + sl.start + local[key].ravel() for key in ("out.weight", "out.bias")]
     return np.sort(np.concatenate(index))

@@ -257,7 +257,8 @@ class MetaTrainer:
     gradient of ``es_pairs`` antithetic pairs at perturbation ``es_sigma``
     (``es_cap`` caps a run's loss; a blow-up counts log(cap) per remaining
     step) on the output layers of the trained nets (``es_params="out"``) or
-    on all of them (``"all"``); ``workers`` runs them in forked processes.
+    on all of them (``"all"``), of the kinds the target net has; ``workers``
+    runs them in forked processes.
     T, clip, noise, reset_prob and the replay buffer do not apply to it.
     """
 
@@ -285,11 +286,10 @@ class MetaTrainer:
                         "p": slice(self.nets.size_s, self.nets.size)}[train]
         self.es = None
         if objective == "es":
-            from .mlhf_es import ES_PARAMS, WholeRunES, output_coordinates
+            from .mlhf_es import ES_PARAMS, WholeRunES, es_coordinates
             if es_params not in ES_PARAMS:
                 raise UserError(f"es_params={es_params!r}: choose {' or '.join(ES_PARAMS)}")
-            if es_params == "out":
-                self.trained = output_coordinates(self.nets, train)
+            self.trained = es_coordinates(self.nets, train, model.layout.kinds, es_params)
             self.es = WholeRunES(self, es_pairs, es_sigma, es_steps, es_cap, workers)
         self.adam = MetaAdam(len(np.arange(self.nets.size)[self.trained]), meta_lr, l2, max_grad_norm,
                              xp=self.xp, dtype=self.dtype)
