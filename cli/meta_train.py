@@ -87,7 +87,8 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     wall = time.perf_counter() - t0
     after = evaluate() if evaluate else None
     k = max(1, min(10, len(history) // 4))
-    keys = [key for key in ("l_p", "l_s", "meta_loss", "loss", "residual") if key in history[0]]
+    keys = [key for key in ("l_p", "l_s", "meta_loss", "loss", "residual", "es_fitness")
+            if key in history[0]]
     click.echo(f"{method} meta-trained on {model}/{data}:{split}, b_mt={batch_size}, "
                f"{len(history)} meta-iterations in {wall:.1f} s -> {out}")
     for key in keys:

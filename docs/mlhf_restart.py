@@ -115,6 +115,70 @@ def restarts(run_dir):
     return sum(r.get("restarted", 0) for r in rows if r["kind"] == "step")
 
 
+def run_variants(variants, seeds, runs, jobs):
+    """Run every variant ``(name, meta file or None, hps)`` on every split and seed,
+    ``jobs`` at a time; ``{(variant index, split, seed): (run_summary, restarts)}``."""
+    tasks = [(i, split, seed) for i in range(len(variants)) for split in SPLITS
+             for seed in seeds[split]]
+
+    def launch(task):
+        i, split, seed = task
+        _, meta, hps = variants[i]
+        out = os.path.join(runs, f"variant{i}", split, str(seed))
+        shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
+        subprocess.run(command(meta, hps, seed, split, os.path.relpath(out, ROOT)), cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        return run_summary(out), restarts(out)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(tasks, pool.map(launch, tasks)))
+
+
+def report(variants, seeds, results):
+    """Markdown tables, one per split: finished, mean/median loss, seeds below the
+    first variant (the baseline), restarts, per seed."""
+    lines = []
+    for split, epochs in SPLITS.items():
+        base = {seed: results[(0, split, seed)][0] for seed in seeds[split]}
+        lines += [f"## {split} split, {epochs} epochs, seeds {', '.join(map(str, seeds[split]))}",
+                  "", "| MLHF | finished | mean loss | median loss | below untrained | "
+                  "restarts per run | per seed |", "|---|---|---|---|---|---|---|"]
+        for i, (name, _, _) in enumerate(variants):
+            runs = {seed: results[(i, split, seed)] for seed in seeds[split]}
+            done = {seed: r[0]["loss"] for seed, r in runs.items() if r[0] is not None}
+            wins = sum(1 for seed, loss in done.items()
+                       if base[seed] is not None and loss < base[seed]["loss"])
+            values = list(done.values())
+            per_seed = ", ".join(f"{seed}: {loss_text(done[seed])}" if seed in done
+                                 else f"{seed}: diverged" for seed in seeds[split])
+            lines.append(
+                f"| {name} | {len(done)}/{len(runs)} | "
+                f"{loss_text(np.mean(values)) if values else '–'} | "
+                f"{loss_text(np.median(values)) if values else '–'} | "
+                f"{wins if i else '–'} | {np.mean([r[1] for r in runs.values()]):.1f} | "
+                f"{per_seed} |")
+        lines.append("")
+    return lines
+
+
+def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, results):
+    """Write (and print) the markdown of :func:`report` under a header that says how
+    it was made (``made_by``, the minutes since ``t0``) and what each run was."""
+    example = shlex.join(command("FILE", hps, "SEED", "target", "RUN_DIR"))
+    lines = [f"# {title}", "",
+             f"Made by `{made_by}` in {(time.perf_counter() - t0) / 60:.1f} min ({jobs} "
+             f"processes, one BLAS thread each); see the script's docstring for what is "
+             f"compared.", "",
+             f"Each run: `{example}`{' ' + hp_note if hp_note else ''}. Loss: mean training "
+             f"loss of the last epoch. Below untrained: seeds where the run finished below "
+             f"the untrained MLHF's (paper warm start) on the same seed.", ""]
+    text = "\n".join(lines + report(variants, seeds, results))
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-seeds", default="5-14")
@@ -130,57 +194,12 @@ def main():
     t0 = time.perf_counter()
     variants = [(name, constant_file(meta, args.runs) if isinstance(meta, dict) else meta, hps)
                 for name, meta, hps in VARIANTS]
-    jobs = [(i, split, seed) for i in range(len(VARIANTS)) for split in SPLITS
-            for seed in seeds[split]]
-
-    def launch(job):
-        i, split, seed = job
-        _, meta, hps = variants[i]
-        out = os.path.join(args.runs, f"variant{i}", split, str(seed))
-        shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
-        subprocess.run(command(meta, hps, seed, split, os.path.relpath(out, ROOT)), cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
-        return run_summary(out), restarts(out)
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(jobs, pool.map(launch, jobs)))
-
-    example = shlex.join(command("FILE", ["HP"], "SEED", "target", "RUN_DIR"))
-    lines = ["# The horizon-log MLHF on fresh seeds: adaptive restart, a loss input "
-             "(cnn-small on mnist5k)", "",
-             f"Made by `python docs/mlhf_restart.py --target-seeds {args.target_seeds} "
-             f"--meta-seeds {args.meta_seeds}` in {(time.perf_counter() - t0) / 60:.1f} min "
-             f"({args.jobs} processes, one BLAS thread each); see the script's docstring "
-             f"for what is compared.", "",
-             f"Each run: `{example}` (HP: the variant's `--hp`, if any). Loss: mean training "
-             f"loss of the last epoch. Below untrained: seeds where the run finished "
-             f"below the untrained MLHF's (paper warm start) on the same seed.", ""]
-    for split, epochs in SPLITS.items():
-        base = {seed: results[(0, split, seed)][0] for seed in seeds[split]}
-        lines += [f"## {split} split, {epochs} epochs, seeds {', '.join(map(str, seeds[split]))}",
-                  "", "| MLHF | finished | mean loss | median loss | below untrained | "
-                  "restarts per run | per seed |", "|---|---|---|---|---|---|---|"]
-        for i, (name, _, _) in enumerate(VARIANTS):
-            runs = {seed: results[(i, split, seed)] for seed in seeds[split]}
-            done = {seed: r[0]["loss"] for seed, r in runs.items() if r[0] is not None}
-            wins = sum(1 for seed, loss in done.items()
-                       if base[seed] is not None and loss < base[seed]["loss"])
-            values = list(done.values())
-            per_seed = ", ".join(f"{seed}: {loss_text(done[seed])}" if seed in done
-                                 else f"{seed}: diverged" for seed in seeds[split])
-            lines.append(
-                f"| {name} | {len(done)}/{len(runs)} | "
-                f"{loss_text(np.mean(values)) if values else '–'} | "
-                f"{loss_text(np.median(values)) if values else '–'} | "
-                f"{wins if i else '–'} | {np.mean([r[1] for r in runs.values()]):.1f} | "
-                f"{per_seed} |")
-        lines.append("")
-    text = "\n".join(lines)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
-
+    results = run_variants(variants, seeds, args.runs, args.jobs)
+    write_report(args.out, "The horizon-log MLHF on fresh seeds: adaptive restart, a loss "
+                 "input (cnn-small on mnist5k)",
+                 f"python docs/mlhf_restart.py --target-seeds {args.target_seeds} "
+                 f"--meta-seeds {args.meta_seeds}", t0, args.jobs, ["HP"],
+                 "(HP: the variant's `--hp`, if any)", VARIANTS, seeds, results)
 
 if __name__ == "__main__":
     main()

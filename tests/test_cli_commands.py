@@ -82,6 +82,27 @@ def test_meta_train_command_tiny(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_meta_train_command_with_evolution_strategies(tmp_path):
+    """``--opt objective=es``: whole runs in two forked workers; the log has the ES
+    columns, the summary the ES score, the file the objective; bad options are one line."""
+    out = tmp_path / "es.h5"
+    r = invoke("meta-train", "-m", "mlhf", "--model", "cnn-small", "--model-opt", "channels=2",
+               "-b", "8", "-n", "2", "--opt", "objective=es", "--opt", "train=s",
+               "--opt", "es_pairs=2", "--opt", "es_steps=3", "--opt", "workers=2",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (tmp_path / "es.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines[:2]] == [1, 2]
+    assert {"es_fitness", "es_blowups", "es_spread", "loss_end"} <= set(lines[0])
+    assert "es_fitness" in r.output
+    from hfmeta.meta.mlhf import MLHFNets
+    assert MLHFNets.load(str(out))[2]["objective"] == "es"
+    r = invoke("meta-train", "-m", "mlhf", "--opt", "objective=es", "--opt", "es_params=lstm",
+               "--out", str(tmp_path / "bad.h5"))
+    assert r.exit_code != 0 and r.output.strip().count("\n") == 0
+    assert "es_params" in r.output and "Traceback" not in r.output
+
+
 def test_bench_compare_torch_without_torch_is_a_clean_error(monkeypatch):
     import builtins
     real_import = builtins.__import__
