@@ -19,16 +19,21 @@ Each MLHF runs ``hfmeta train -o mlhf --split S -b 128 --epochs E`` from a
 fresh net on the held-out target split (10 epochs, 120 steps, the issue's
 test) and on the meta-training split (6 epochs, 108 steps), on seeds that no
 earlier measurement used (target 15–24, meta 113–122: the earlier docs used
-0–14 and 101–112).  Reported as in ``docs/mlhf_restart.md``.
+0–14 and 101–112).  Reported as in ``docs/mlhf_restart.md``.  Beside them,
+Adam tuned per target seed over its 27-point grid (``hfmeta compare adam``,
+the best grid point of each seed: tuned on the very runs it is scored on).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mlhf_restart import ROOT, constant_file, run_variants, seed_list, write_report
+from mlhf_restart import ROOT, constant_file, loss_text, run_variants, seed_list, write_report
 
 from hfmeta.meta.mlhf import MLHFNets
 
@@ -47,17 +52,62 @@ def bias_dampings(path, kinds=("conv.weight", "conv.bias", "fc.weight", "fc.bias
     return out
 
 
+def adam_command(seed, out):
+    return ["hfmeta", "-q", "--seed", str(seed), "compare", "adam", "--model", "cnn-small",
+            "--data", "mnist5k", "--split", "target", "-b", "128", "--epochs", "10",
+            "--out", out]
+
+
+def tuned_adam(seeds, runs, jobs):
+    """``{seed: (last-epoch training loss, grid point)}`` of Adam tuned on each seed."""
+    def launch(seed):
+        out = os.path.join(runs, "adam", str(seed))
+        subprocess.run(adam_command(seed, out), cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        best = json.load(open(os.path.join(out, "compare.json")))[0]
+        return best["train_loss"], best["hparams"]
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(seeds, pool.map(launch, seeds)))
+
+
+def adam_lines(adam, variants, results):
+    """The tuned-Adam table and each target-split MLHF's loss ÷ Adam's, per seed."""
+    seeds = list(adam)
+    losses = np.array([adam[s][0] for s in seeds])
+    lines = ["## Adam, tuned per target seed", "",
+             "Command per seed: `" + " ".join(adam_command("SEED", "RUN_DIR")) + "` (27 "
+             "grid points: lr 0.1, 0.01, 0.001 × beta1, beta2 0.9, 0.99, 0.999; the best "
+             "last-epoch training loss of each seed kept).", "",
+             f"Mean {loss_text(losses.mean())}, median {loss_text(np.median(losses))}; per "
+             "seed: " + ", ".join(f"{s}: {loss_text(adam[s][0])} "
+                                  f"({', '.join(f'{k}={v:g}' for k, v in adam[s][1].items())})"
+                                  for s in seeds) + ".", "",
+             "| MLHF (target split) | MLHF loss ÷ tuned Adam's, mean over seeds (min, max) |",
+             "|---|---|"]
+    for i, (name, _, _) in enumerate(variants):
+        runs = [results[(i, "target", s)][0] for s in seeds]
+        if any(r is None for r in runs):
+            lines.append(f"| {name} | – (a run diverged) |")
+            continue
+        ratio = np.array([r["loss"] for r in runs]) / losses
+        lines.append(f"| {name} | {ratio.mean():.3f} ({ratio.min():.3f}, {ratio.max():.3f}) |")
+    return lines + [""]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta", action="append", default=None,
-                        help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5)")
+                        help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5 "
+                             "and docs/mlhf_es_seed1.h5)")
     parser.add_argument("--target-seeds", default="15-24")
     parser.add_argument("--meta-seeds", default="113-122")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "es"))
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
-    files = args.meta or ["docs/mlhf_es.h5"]
+    files = args.meta or ["docs/mlhf_es.h5", "docs/mlhf_es_seed1.h5"]
     for path in files:
         if not os.path.exists(os.path.join(ROOT, path)):
             parser.error(f"{path} is missing; see hfmeta/meta/shipped/README.md for its command")
@@ -70,11 +120,14 @@ def main():
                       [])]
     t0 = time.perf_counter()
     results = run_variants(variants, seeds, args.runs, args.jobs)
+    adam = tuned_adam(seeds["target"], args.runs, args.jobs)
     write_report(args.out, "MLHF meta-trained by evolution strategies on whole runs "
                  "(cnn-small on mnist5k)",
                  f"python docs/mlhf_es.py {' '.join('--meta ' + f for f in files)} "
                  f"--target-seeds {args.target_seeds} --meta-seeds {args.meta_seeds}",
-                 t0, args.jobs, [], "", variants, seeds, results)
+                 t0, args.jobs, [], "", variants, seeds, results,
+                 adam_lines(adam, variants, results))
+
 
 if __name__ == "__main__":
     main()

@@ -162,9 +162,11 @@ def report(variants, seeds, results):
     return lines
 
 
-def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, results):
+def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, results,
+                 extra=()):
     """Write (and print) the markdown of :func:`report` under a header that says how
-    it was made (``made_by``, the minutes since ``t0``) and what each run was."""
+    it was made (``made_by``, the minutes since ``t0``) and what each run was; then
+    the lines ``extra``."""
     example = shlex.join(command("FILE", hps, "SEED", "target", "RUN_DIR"))
     lines = [f"# {title}", "",
              f"Made by `{made_by}` in {(time.perf_counter() - t0) / 60:.1f} min ({jobs} "
@@ -173,7 +175,7 @@ def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, 
              f"Each run: `{example}`{' ' + hp_note if hp_note else ''}. Loss: mean training "
              f"loss of the last epoch. Below untrained: seeds where the run finished below "
              f"the untrained MLHF's (paper warm start) on the same seed.", ""]
-    text = "\n".join(lines + report(variants, seeds, results))
+    text = "\n".join(lines + report(variants, seeds, results) + list(extra))
     with open(path, "w") as f:
         f.write(text)
     print(text)

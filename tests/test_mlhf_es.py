@@ -169,3 +169,25 @@ def test_es_meta_step_in_forked_workers_equals_one_process(tmp_path):
 def test_bad_es_options_are_user_errors(options, message):
     with pytest.raises(UserError, match=message):
         MetaTrainer(_problem(), _Stream(), objective="es", **options)
+
+
+def test_es_resumes_its_own_adam_moments_and_starts_fresh_ones_after_another_objective(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(mlhf_es, "_run_task", lambda task: (float(task[0].sum()), 0.0, None))
+    es = MetaTrainer(_problem(), _Stream(), objective="es", train="s", es_pairs=2, seed=0)
+    es.run(2)
+    path = str(tmp_path / "es.h5")
+    es.save(path)
+    again = MetaTrainer(_problem(), _Stream(), objective="es", train="s", es_pairs=2, seed=0)
+    again.resume_from(path)
+    assert again.adam.t == 2 and again.iteration == 2
+    np.testing.assert_array_equal(again.adam.m, es.adam.m)
+    paper = MetaTrainer(_problem(), _Stream(), T=2, train="s", seed=0)
+    paper.run(1)
+    paper_path = str(tmp_path / "paper.h5")
+    paper.save(paper_path)
+    after_paper = MetaTrainer(_problem(), _Stream(), objective="es", train="s", es_pairs=2)
+    after_paper.resume_from(paper_path)        # RNN_s's moments cover other coordinates
+    assert after_paper.adam.t == 0 and after_paper.adam.m.shape == (30,)
+    np.testing.assert_array_equal(after_paper.theta, paper.theta)
+    after_paper.run(1)

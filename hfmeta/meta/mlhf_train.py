@@ -291,8 +291,8 @@ class MetaTrainer:
                 raise UserError(f"es_params={es_params!r}: choose {' or '.join(ES_PARAMS)}")
             self.trained = es_coordinates(self.nets, train, model.layout.kinds, es_params)
             self.es = WholeRunES(self, es_pairs, es_sigma, es_steps, es_cap, workers)
-        self.adam = MetaAdam(len(np.arange(self.nets.size)[self.trained]), meta_lr, l2, max_grad_norm,
-                             xp=self.xp, dtype=self.dtype)
+        n_trained = len(np.arange(self.nets.size)[self.trained])
+        self.adam = MetaAdam(n_trained, meta_lr, l2, max_grad_norm, xp=self.xp, dtype=self.dtype)
         self.rows = self.nets.rows(model.layout)
         self.replay = ReplayBuffer(buffer)
         self.rng = np.random.default_rng([seed, 1])
@@ -464,6 +464,7 @@ class MetaTrainer:
         if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
             raise UserError(f"{path}: meta-nets configured differently from this meta-training")
         self.theta = theta
-        if "adam" in extra and config.get("train", "sp") == self.train:
+        if ("adam" in extra and config.get("train", "sp") == self.train
+                and len(extra["adam"]["m"]) == len(self.adam.m)):   # the same coordinates
             self.adam.load_state_dict(extra["adam"], self.xp)    # else: fresh Adam moments
         self.iteration = int(extra.get("iteration", 0))
