@@ -25,7 +25,6 @@ the best grid point of each seed: tuned on the very runs it is scored on).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -33,7 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mlhf_restart import ROOT, constant_file, loss_text, run_variants, seed_list, write_report
+from mlhf_restart import (ROOT, comparison_parser, constant_file, loss_text, run_variants,
+                          seed_list, write_report)
 
 from hfmeta.meta.mlhf import MLHFNets
 
@@ -97,15 +97,10 @@ def adam_lines(adam, variants, results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = comparison_parser(__doc__.splitlines()[0], "15-24", "113-122", "es", DEFAULT_OUT)
     parser.add_argument("--meta", action="append", default=None,
                         help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5 "
                              "and docs/mlhf_es_seed1.h5)")
-    parser.add_argument("--target-seeds", default="15-24")
-    parser.add_argument("--meta-seeds", default="113-122")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "es"))
-    parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     files = args.meta or ["docs/mlhf_es.h5", "docs/mlhf_es_seed1.h5"]
     for path in files:

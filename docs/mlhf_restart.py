@@ -181,13 +181,19 @@ def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, 
     print(text)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target-seeds", default="5-14")
-    parser.add_argument("--meta-seeds", default="103-112")
+def comparison_parser(description, target_seeds, meta_seeds, runs, out):
+    """The command line of a whole-run comparison: seeds per split, jobs, folders."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--target-seeds", default=target_seeds)
+    parser.add_argument("--meta-seeds", default=meta_seeds)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "restart"))
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", runs))
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def main():
+    parser = comparison_parser(__doc__.splitlines()[0], "5-14", "103-112", "restart", DEFAULT_OUT)
     args = parser.parse_args()
     seeds = {"target": seed_list(args.target_seeds), "meta": seed_list(args.meta_seeds)}
     for _, meta, _ in VARIANTS:
