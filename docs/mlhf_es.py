@@ -99,10 +99,10 @@ def adam_lines(adam, variants, results):
 def main():
     parser = comparison_parser(__doc__.splitlines()[0], "15-24", "113-122", "es", DEFAULT_OUT)
     parser.add_argument("--meta", action="append", default=None,
-                        help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5 "
-                             "and docs/mlhf_es_seed1.h5)")
+                        help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5, "
+                             "docs/mlhf_es_seed1.h5 and docs/mlhf_es_all.h5)")
     args = parser.parse_args()
-    files = args.meta or ["docs/mlhf_es.h5", "docs/mlhf_es_seed1.h5"]
+    files = args.meta or ["docs/mlhf_es.h5", "docs/mlhf_es_seed1.h5", "docs/mlhf_es_all.h5"]
     for path in files:
         if not os.path.exists(os.path.join(ROOT, path)):
             parser.error(f"{path} is missing; see hfmeta/meta/shipped/README.md for its command")
