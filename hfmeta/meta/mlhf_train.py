@@ -339,10 +339,7 @@ class MetaTrainer:
             res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
                          self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
                          train=self.train, record=False, restart=self.restart)
-        theta = self.theta.copy()
-        theta[self.trained], grad_norm = self.adam.update(theta[self.trained],
-                                                          res.grad[self.trained])
-        self.theta = theta
+        grad_norm = self._adam_step(res.grad[self.trained])
         self.w, self.d_prev, self.r_prev, self._pending = res.w, res.d_prev, res.r_prev, batches[-1]
         if not bool(self.xp.isfinite(self.w).all()):    # on the device: no host copy of w
             self.w = None                                   # diverged target net: reset next time
@@ -350,13 +347,18 @@ class MetaTrainer:
         return {"iteration": self.iteration, "reset": reset, "grad_norm": grad_norm,
                 "wall": time.perf_counter() - t0, **res.stats}
 
+    def _adam_step(self, grad):
+        """Adam on the trained coordinates of ``theta`` (a new array); the gradient norm."""
+        theta = self.theta.copy()
+        theta[self.trained], grad_norm = self.adam.update(theta[self.trained], grad)
+        self.theta = theta
+        return grad_norm
+
     def _es_step(self):
         """One meta-iteration of ``objective="es"``: 2 · es_pairs whole runs, Adam update."""
         t0 = time.perf_counter()
         grad, stats = self.es.gradient(self.theta, self.trained)
-        theta = self.theta.copy()
-        theta[self.trained], grad_norm = self.adam.update(theta[self.trained], grad)
-        self.theta = theta
+        grad_norm = self._adam_step(grad)
         self.iteration += 1
         return {"iteration": self.iteration, "grad_norm": grad_norm,
                 "wall": time.perf_counter() - t0, **stats}
