@@ -332,6 +332,36 @@ def test_step_reports_the_damping_of_each_parameter_kind():
     assert info["damping_mean"] == pytest.approx(weighted, rel=1e-12)
 
 
+def test_init_damping_moves_only_rnn_s_output_bias_to_softplus_inverse():
+    """``init_damping=s0``: the meta-trainer's initialisation with RNN_s's output bias at
+    softplus⁻¹(s0 − s_min) on every kind and nothing else changed; with the output
+    weights then zeroed the step's damping is s0 exactly."""
+    default = MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), T=2, seed=3)
+    moved = MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), T=2, seed=3,
+                        init_damping=2.5)
+    nets = moved.nets
+    position_s = nets.split(np.arange(nets.size, dtype=float))[0]   # flat index of each entry
+    bias_at = []
+    for kind in nets.kinds:
+        where = nets.rnn_s.theta_slices[kind]
+        bias_at += list(nets.rnn_s.lstms[kind].views(position_s[where])["out.bias"].ravel())
+        bias = nets.rnn_s.lstms[kind].views(nets.split(moved.theta)[0][where])["out.bias"]
+        assert float(bias[0]) == pytest.approx(np.log(np.expm1(2.5 - nets.s_min)), rel=1e-12)
+    changed = np.flatnonzero(moved.theta != default.theta)
+    np.testing.assert_array_equal(changed, np.sort(np.array(bias_at, dtype=int)))
+    model = moved.problem.model
+    opt = MLHF(nets, nets.constant_damping(moved.theta, 2.5), model, lr=1.0)
+    w = model.init(0)
+    _, _, info = opt.step(moved.problem, w, opt.init(w), _RandomStream().batch_at(0))
+    assert info["damping_mean"] == pytest.approx(2.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("value", ["high", True, 0.0, -1.0, float("nan")])
+def test_bad_init_damping_is_a_user_error(value):
+    with pytest.raises(UserError, match="damping"):
+        MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), T=2, init_damping=value)
+
+
 def test_untrained_meta_nets_step_with_lr_1_unless_told():
     """No meta-training batch to scale by: lr = 1 at any batch size, or the lr given."""
     model = tiny_bn_convnet()

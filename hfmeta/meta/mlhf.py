@@ -106,18 +106,30 @@ class MLHFNets:
             parts.append(self.rnn_p.init(rng))
         return xp.asarray(np.concatenate(parts), dtype=dtype)
 
-    def constant_damping(self, theta, s):
-        """A copy of ``theta`` whose RNN_s gives the constant damping ``s`` (a number,
-        or ``{kind: s_k}`` for some kinds) whatever its inputs: output weights 0,
-        output bias softplus⁻¹(s − s_min) = log(expm1(s − s_min)).  RNN_p is kept."""
+    def damping_bias(self, theta, s, zero_weights=False):
+        """A copy of ``theta`` whose RNN_s output bias is softplus⁻¹(s − s_min) =
+        log(expm1(s − s_min)), for ``s`` a number or ``{kind: s_k}`` for some kinds.
+        With its output weights kept, RNN_s starts near s and still responds to its
+        inputs (meta-training's ``init_damping``); ``zero_weights`` makes s
+        constant whatever the inputs (:meth:`constant_damping`).  RNN_p is kept."""
         theta = theta.copy()
         theta_s = self.split(theta)[0]
         per_kind = s if isinstance(s, dict) else dict.fromkeys(self.kinds, s)
         for kind, s_k in per_kind.items():
+            if not s_k > self.s_min:
+                raise UserError(f"damping {s_k!r} for {kind}: it must exceed "
+                                f"s_min = {self.s_min:g}")
             views = self.rnn_s.lstms[kind].views(theta_s[self.rnn_s.theta_slices[kind]])
-            views["out.weight"][...] = 0
+            if zero_weights:
+                views["out.weight"][...] = 0
             views["out.bias"][...] = math.log(math.expm1(s_k - self.s_min))
         return theta
+
+    def constant_damping(self, theta, s):
+        """A copy of ``theta`` whose RNN_s gives the constant damping ``s`` (a number,
+        or ``{kind: s_k}`` for some kinds) whatever its inputs: output weights 0,
+        output bias softplus⁻¹(s − s_min).  RNN_p is kept."""
+        return self.damping_bias(theta, s, zero_weights=True)
 
     def rows(self, layout):
         """``{kind: slice}`` of the kinds present in ``layout``; error on unknown kinds."""

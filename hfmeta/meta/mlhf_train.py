@@ -249,7 +249,11 @@ class MetaTrainer:
     from each unroll's second step on, and the file records it so the
     optimizer uses it by default), ``loss_input`` (RNN_s also sees the loss
     log-ratio, :class:`hfmeta.meta.mlhf.MLHFNets`; ours; 0 at the first step
-    of each unroll), ``seed``.
+    of each unroll), ``init_damping`` (None: RNN_s's output bias starts at 0, so
+    s starts near softplus(0) ≈ 0.69; a number s_0: the output bias starts at
+    softplus⁻¹(s_0 − s_min) on every kind, the rest of the initialisation
+    unchanged -- where s starts decides which way l_s moves it, see
+    docs/mlhf_init_damping.md), ``seed``.
 
     ``objective="es"`` (ours, :mod:`hfmeta.meta.mlhf_es`) replaces the
     unrolls by whole runs of ``es_steps`` MLHF steps as ``hfmeta train``
@@ -266,7 +270,8 @@ class MetaTrainer:
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
                  store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
                  objective="paper", restart=None, loss_input=False, es_pairs=8, es_sigma=0.1,
-                 es_steps=120, es_params="out", es_cap=10.0, workers=1, seed=0):
+                 es_steps=120, es_params="out", es_cap=10.0, workers=1, init_damping=None,
+                 seed=0):
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -276,6 +281,10 @@ class MetaTrainer:
         self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size,
                               inputs=inputs, loss_input=loss_input)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
+        if init_damping is not None:
+            if not isinstance(init_damping, (int, float)) or isinstance(init_damping, bool):
+                raise UserError(f"init_damping={init_damping!r}: give a number, e.g. 2")
+            self.theta = self.nets.damping_bias(self.theta, float(init_damping))
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
         self.train = train
