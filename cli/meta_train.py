@@ -41,8 +41,8 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
             resume, save_every, eval_every):
     """Meta-train a learned optimizer; writes meta-parameters (HDF5) and a log (.jsonl).
 
-    Example (the shipped MLHF):
-    hfmeta meta-train --method mlhf --model cnn-small --iterations 200 --out mlhf.h5
+    Example (the paper's objective, as the shipped mlhf_paper.h5 was made):
+    hfmeta meta-train --method mlhf -b 128 --iterations 100 --opt meta_lr=0.01 --out mlhf.h5
     """
     from hfmeta.data import open_dataset
     from hfmeta.meta.registry import get_meta_trainer

@@ -72,8 +72,9 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     """Train a network; log metrics, checkpoint, print a summary.
 
     With no options it trains `cnn-small` on the shipped 5,000 MNIST digits
-    for 3 epochs on the CPU with the shipped meta-trained MLHF (learned damping
-    and preconditioner, 4-step PCG).
+    for 3 epochs on the CPU with the shipped meta-trained MLHF (LSTM-predicted
+    damping and preconditioner, 4-step PCG; hfmeta/meta/shipped/README.md says
+    how it was meta-trained).
     """
     from hfmeta.train import Run, RunConfig
 

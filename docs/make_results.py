@@ -177,9 +177,14 @@ def fmt_ms(ms, digits=3):
             f"(min {ms['min']:.{digits}f}, max {ms['max']:.{digits}f})")
 
 
-def meta_b_mt(path):
+def meta_config(path):
+    """The configuration recorded in a meta-parameter file."""
     from hfmeta.storage import load_checkpoint
-    return int(load_checkpoint(os.path.join(ROOT, path))["config"].get("b_mt", 64))
+    return load_checkpoint(os.path.join(ROOT, path))["config"]
+
+
+def meta_b_mt(path):
+    return int(meta_config(path).get("b_mt", 64))
 
 
 def plot(run, dirs, labels, out_png, window):
@@ -207,7 +212,8 @@ def exp_fig2(run, a, B, docs):
     lr_meta = b / meta_b_mt(meta)
     common = ["--model", a.model, "--data", a.data, "--split", "target", "-b", b, "--epochs", ep]
     seeds = a.seeds
-    res = {"seeds": seeds, "batch": b, "epochs": ep, "meta": meta, "lr": lr_meta, "per_seed": {}}
+    res = {"seeds": seeds, "batch": b, "epochs": ep, "meta": meta, "lr": lr_meta,
+           "objective": meta_config(meta).get("objective", "paper"), "per_seed": {}}
     for s in seeds:
         d = os.path.join(R, f"seed{s}")
         g = ["-q", "--seed", s]
@@ -725,13 +731,31 @@ def render_fig2(e):
                        f"{r['mlhf']['train_loss']['mean']:.4f}); test accuracy "
                        f"{100 * r['mlhf_untrained']['test_acc']['mean']:.1f}% vs "
                        f"{100 * acc_m:.1f}%"), "",
-          "Why the meta-trained meta-nets lose here: meta-training teaches RNN_s the damping "
-          "that is best over its 10-step unrolls. That damping rises during a run to about "
-          "1.5, and over 10 epochs a smaller one wins; the meta-trained RNN_s accounts for "
-          "all of the difference, its RNN_p for none. This is a short-horizon bias, measured "
-          "in [`mlhf_damping.md`](mlhf_damping.md) (`python docs/mlhf_damping.py`) and "
-          "explained in [`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md).", ""]
+          *fig2_objective_note(r.get("objective", "paper"), un >= 1.05), ""]
     return L
+
+
+def fig2_objective_note(objective, meta_trained_wins):
+    """What the meta-trained file is, and why it beats (or loses to) its untrained meta-nets."""
+    if objective == "es":
+        lines = ["The MLHF file here was meta-trained with `--opt objective=es` (ours, "
+                 "[`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md)): "
+                 "evolution strategies on the output layers of RNN_s, each candidate scored by "
+                 "the mean log-loss of a whole 120-step run on the meta split, so what it learns "
+                 "is chosen for whole runs."]
+        if not meta_trained_wins:
+            lines.append("Here it does not beat the untrained meta-nets by 5%.")
+        return lines + ["The paper's objective (`--mlhf-meta hfmeta/meta/shipped/mlhf_paper.h5`) "
+                        "loses to the untrained meta-nets over a whole run; see "
+                        "[`mlhf_damping.md`](mlhf_damping.md)."]
+    if meta_trained_wins:
+        return []
+    return ["Why the meta-trained meta-nets lose here: meta-training teaches RNN_s the damping "
+            "that is best over its 10-step unrolls. That damping rises during a run to about "
+            "1.5, and over 10 epochs a smaller one wins; the meta-trained RNN_s accounts for "
+            "all of the difference, its RNN_p for none. This is a short-horizon bias, measured "
+            "in [`mlhf_damping.md`](mlhf_damping.md) (`python docs/mlhf_damping.py`) and "
+            "explained in [`hfmeta/meta/shipped/README.md`](../hfmeta/meta/shipped/README.md)."]
 
 
 def render_fig3(e):

@@ -4,12 +4,13 @@ Writes ``docs/mlhf_damping.md`` (and prints it)::
 
     python docs/mlhf_damping.py [--meta FILE] [--seeds 0,1,2,3,4] [--jobs 2] [--swap KIND,...]
 
-Every MLHF below has the shipped file's configuration (RNN_s and RNN_p of
+Every MLHF below has the shipped files' configuration (RNN_s and RNN_p of
 two layers of 4 units, n = 4, tanh inputs, b_mt = 128) and differs only in
 its meta-parameters:
 
 * ``untrained`` -- ``MLHFNets.init(0)``: s ≈ softplus(0) ≈ 0.69 everywhere;
-* ``meta-trained`` -- the ``--meta`` file (default: the shipped one);
+* ``meta-trained`` -- the ``--meta`` file (default: the shipped
+  ``mlhf_paper.h5``, meta-trained with the paper's objective);
 * the two mixtures -- meta-trained RNN_s with the initial RNN_p and the
   other way round (which of the two nets makes the difference);
 * ``constant s`` -- the initial RNN_p and an RNN_s whose output layer is
@@ -108,7 +109,7 @@ def run_summary(run_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meta", default=shipped_path("mlhf"))
+    parser.add_argument("--meta", default=shipped_path("mlhf_paper"))
     parser.add_argument("--model", default="cnn-small")
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--starts", type=int, default=6)

@@ -2,7 +2,7 @@
 
 Writes ``docs/mlhf_es.md`` (and prints it)::
 
-    python docs/mlhf_es.py [--meta docs/mlhf_es.h5 ...] [--target-seeds 15-24]
+    python docs/mlhf_es.py [--meta hfmeta/meta/shipped/mlhf.h5 ...] [--target-seeds 15-24]
                            [--meta-seeds 113-122] [--jobs 2]
 
 The meta-parameter files were meta-trained with ``--opt objective=es``
@@ -99,10 +99,12 @@ def adam_lines(adam, variants, results):
 def main():
     parser = comparison_parser(__doc__.splitlines()[0], "15-24", "113-122", "es", DEFAULT_OUT)
     parser.add_argument("--meta", action="append", default=None,
-                        help="an ES-meta-trained file (repeatable; default docs/mlhf_es.h5, "
-                             "docs/mlhf_es_seed1.h5 and docs/mlhf_es_all.h5)")
+                        help="an ES-meta-trained file (repeatable; default the shipped "
+                             "hfmeta/meta/shipped/mlhf.h5, docs/mlhf_es_seed1.h5 and "
+                             "docs/mlhf_es_all.h5)")
     args = parser.parse_args()
-    files = args.meta or ["docs/mlhf_es.h5", "docs/mlhf_es_seed1.h5", "docs/mlhf_es_all.h5"]
+    files = args.meta or ["hfmeta/meta/shipped/mlhf.h5", "docs/mlhf_es_seed1.h5",
+                          "docs/mlhf_es_all.h5"]
     for path in files:
         if not os.path.exists(os.path.join(ROOT, path)):
             parser.error(f"{path} is missing; see hfmeta/meta/shipped/README.md for its command")

@@ -169,7 +169,7 @@ def fit_local_rule(solves, kinds, steps, lr):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meta", default=shipped_path("mlhf"))
+    parser.add_argument("--meta", default=shipped_path("mlhf_paper"))
     parser.add_argument("--model", default="cnn-small")
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--starts", type=int, default=3)

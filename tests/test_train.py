@@ -64,6 +64,18 @@ def test_default_is_the_shipped_mlhf_on_mnist5k(tmp_path):
     assert "with mlhf" in r.output and "test accuracy" in r.output
 
 
+def test_shipped_mlhf_files_are_the_ones_their_readme_describes():
+    """The default ``mlhf.h5`` is the ES-meta-trained file, ``mlhf_paper.h5`` the
+    paper-objective one (``hfmeta/meta/shipped/README.md``); both at b_mt = 128."""
+    from hfmeta.meta.mlhf import MLHFNets
+    from hfmeta.meta.registry import shipped_path
+    default = MLHFNets.load(shipped_path("mlhf"))[2]
+    paper = MLHFNets.load(shipped_path("mlhf_paper"))[2]
+    assert (default["objective"], default["train"], default["b_mt"]) == ("es", "s", 128)
+    assert paper.get("objective", "paper") == "paper" and paper["b_mt"] == 128
+    assert "objective=es" in default["command"] and "objective" not in paper["command"]
+
+
 def test_training_lowers_the_loss(tmp_path):
     r = invoke("-q", "train", *TINY, "--steps", "60", "--eval-every", "20",
                "--hp", "lr=0.003", "--out", str(tmp_path / "r"))
