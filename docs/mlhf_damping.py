@@ -84,6 +84,14 @@ def train_command(meta, seed, epochs, out, split="target"):
             "--split", split, "-b", "128", "--epochs", f"{epochs:g}", "--out", out]
 
 
+def publish(path, lines, end="\n"):
+    """Write the markdown ``lines`` to ``path`` and print them."""
+    text = "\n".join(lines) + end
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+
+
 def loss_text(loss):
     """5 decimals; a blown-up (but finite) loss in scientific notation."""
     return f"{loss:.5f}" if loss < 1 else f"{loss:.3g}"
@@ -216,10 +224,7 @@ def main():
         first = runs[(name, seeds[0])]
         cells = [f"{first['by_kind'][k]:.2f}" if first else "–" for k in kinds]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    publish(args.out, lines)
 
 
 if __name__ == "__main__":

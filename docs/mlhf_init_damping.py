@@ -37,6 +37,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mlhf_damping import publish
 from mlhf_es import bias_dampings
 from mlhf_restart import ROOT, seed_list
 
@@ -141,10 +142,7 @@ def main():
              + " | l_s: same iterations | both lower at the end | s at the end | "
              "meta-iterations' wall |",
              "|---|---|---|---|---|---|---|"] + rows
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    publish(args.out, lines)
 
 
 if __name__ == "__main__":

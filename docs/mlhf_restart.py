@@ -54,7 +54,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mlhf_damping import ROOT, loss_text, run_summary, train_command
+from mlhf_damping import ROOT, loss_text, publish, run_summary, train_command
 
 from hfmeta.meta.mlhf import MLHFNets
 
@@ -175,10 +175,7 @@ def write_report(path, title, made_by, t0, jobs, hps, hp_note, variants, seeds, 
              f"Each run: `{example}`{' ' + hp_note if hp_note else ''}. Loss: mean training "
              f"loss of the last epoch. Below untrained: seeds where the run finished below "
              f"the untrained MLHF's (paper warm start) on the same seed.", ""]
-    text = "\n".join(lines + report(variants, seeds, results) + list(extra))
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
+    publish(path, lines + report(variants, seeds, results) + list(extra), end="")
 
 
 def comparison_parser(description, target_seeds, meta_seeds, runs, out):
