@@ -358,7 +358,7 @@ def test_init_damping_moves_only_rnn_s_output_bias_to_softplus_inverse():
 
 @pytest.mark.parametrize("value", ["high", True, 0.0, -1.0, float("nan")])
 def test_bad_init_damping_is_a_user_error(value):
-    with pytest.raises(UserError, match="damping"):
+    with pytest.raises(UserError, match="init_damping"):
         MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), T=2, init_damping=value)
 
 

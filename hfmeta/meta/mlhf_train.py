@@ -282,8 +282,10 @@ class MetaTrainer:
                               inputs=inputs, loss_input=loss_input)
         self.theta = self.nets.init(seed, self.xp, self.dtype)
         if init_damping is not None:
-            if not isinstance(init_damping, (int, float)) or isinstance(init_damping, bool):
-                raise UserError(f"init_damping={init_damping!r}: give a number, e.g. 2")
+            if (not isinstance(init_damping, (int, float)) or isinstance(init_damping, bool)
+                    or not init_damping > self.nets.s_min):
+                raise UserError(f"init_damping={init_damping!r}: give a damping above "
+                                f"s_min = {self.nets.s_min:g}, e.g. 2")
             self.theta = self.nets.damping_bias(self.theta, float(init_damping))
         if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
             raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
