@@ -2,9 +2,10 @@
 
 Writes ``docs/mlhf_init_damping.md`` (and prints it)::
 
-    python docs/mlhf_init_damping.py [--seeds 0,1,2] [--iterations 100] [--jobs 2] [--reuse]
+    python docs/mlhf_init_damping.py [--seeds 0,1,2,3,4,5] [--iterations 100] [--jobs 2]
+                                     [--reuse]
 
-(``--reuse`` re-renders from the run folders' logs without running anything.)
+(``--reuse`` keeps every run whose log is complete and runs only the others.)
 
 Issue 5, point 3 asks that meta-training MLHF with the paper's objective lower
 both meta-losses, l_p (RNN_p's) and l_s (RNN_s's).  Both depend on the damping s
@@ -74,15 +75,20 @@ def read_log(path):
     return points, final, wall
 
 
+def complete(log):
+    """Whether a meta-training log ends with its before/after evaluation."""
+    return os.path.exists(log) and any('"evaluation"' in line for line in open(log))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "init_damping"))
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--reuse", action="store_true",
-                        help="re-render from the logs in --runs; run nothing")
+                        help="keep the runs in --runs whose logs are complete; run the rest")
     args = parser.parse_args()
     t0 = time.perf_counter()
     configs = configurations(seed_list(args.seeds))
@@ -91,7 +97,7 @@ def main():
         name, s0, train, seed = config
         folder = os.path.join(args.runs, f"{s0 or 'default'}_{train}_{seed}")
         out = os.path.relpath(os.path.join(folder, "meta.h5"), ROOT)
-        if args.reuse:
+        if args.reuse and complete(os.path.join(folder, "meta.jsonl")):
             return out
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
@@ -119,8 +125,8 @@ def main():
         rows.append(f"| {name} | {seed} | {l_p} | {l_s} | {'yes' if both else 'no'} | "
                     f"{damping} | {wall:.0f} s |")
         walls.append(wall)
-    made = (f"re-rendered (`--reuse`) from runs whose meta-iterations took "
-            f"{sum(walls) / 60:.1f} min in all (held-out evaluations not counted)"
+    made = (f"with `--reuse` (earlier runs kept); all runs' meta-iterations took "
+            f"{sum(walls) / 60:.1f} min (held-out evaluations not counted)"
             if args.reuse else
             f"in {(time.perf_counter() - t0) / 60:.1f} min ({args.jobs} processes, one BLAS "
             f"thread each)")
