@@ -84,6 +84,13 @@ def train_command(meta, seed, epochs, out, split="target"):
             "--split", split, "-b", "128", "--epochs", f"{epochs:g}", "--out", out]
 
 
+def run_hfmeta(cmd, check=False):
+    """Run an ``hfmeta`` command line (a list) from the repository root, output
+    discarded; it inherits the one-BLAS-thread environment set at the top."""
+    subprocess.run(cmd, cwd=ROOT, check=check, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
 def publish(path, lines, end="\n"):
     """Write the markdown ``lines`` to ``path`` and print them."""
     text = "\n".join(lines) + end
@@ -165,8 +172,7 @@ def main():
         shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
         cmd = train_command(os.path.relpath(files[name], ROOT), seed, args.epochs,
                             os.path.relpath(out, ROOT), args.split)
-        subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        run_hfmeta(cmd)
         return run_summary(out)
 
     with ThreadPoolExecutor(max(1, args.jobs - 1)) as pool:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mlhf_restart import (ROOT, comparison_parser, constant_file, loss_text, run_variants,
-                          seed_list, write_report)
+from mlhf_damping import run_hfmeta
+from mlhf_restart import (ROOT, comparison_parser, constant_file, loss_text, require_files,
+                          run_variants, seed_list, write_report)
 
 from hfmeta.meta.mlhf import MLHFNets
 
@@ -62,9 +62,7 @@ def tuned_adam(seeds, runs, jobs):
     """``{seed: (last-epoch training loss, grid point)}`` of Adam tuned on each seed."""
     def launch(seed):
         out = os.path.join(runs, "adam", str(seed))
-        subprocess.run(adam_command(seed, out), cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        run_hfmeta(adam_command(seed, out), check=True)
         best = json.load(open(os.path.join(out, "compare.json")))[0]
         return best["train_loss"], best["hparams"]
 
@@ -105,9 +103,7 @@ def main():
     args = parser.parse_args()
     files = args.meta or ["hfmeta/meta/shipped/mlhf.h5", "docs/mlhf_es_seed1.h5",
                           "docs/mlhf_es_all.h5"]
-    for path in files:
-        if not os.path.exists(os.path.join(ROOT, path)):
-            parser.error(f"{path} is missing; see hfmeta/meta/shipped/README.md for its command")
+    require_files(parser, files)
     seeds = {"target": seed_list(args.target_seeds), "meta": seed_list(args.meta_seeds)}
     variants = [("untrained", None, [])]
     for path in files:

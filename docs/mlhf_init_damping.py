@@ -34,11 +34,10 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mlhf_damping import publish
+from mlhf_damping import publish, run_hfmeta
 from mlhf_es import bias_dampings
 from mlhf_restart import ROOT, seed_list
 
@@ -101,9 +100,7 @@ def main():
             return out
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
-        subprocess.run(meta_train_command(s0, train, seed, args.iterations, out), cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        run_hfmeta(meta_train_command(s0, train, seed, args.iterations, out), check=True)
         return out
 
     with ThreadPoolExecutor(args.jobs) as pool:

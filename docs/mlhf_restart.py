@@ -49,12 +49,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mlhf_damping import ROOT, loss_text, publish, run_summary, train_command
+from mlhf_damping import ROOT, loss_text, publish, run_hfmeta, run_summary, train_command
 
 from hfmeta.meta.mlhf import MLHFNets
 
@@ -126,9 +125,7 @@ def run_variants(variants, seeds, runs, jobs):
         _, meta, hps = variants[i]
         out = os.path.join(runs, f"variant{i}", split, str(seed))
         shutil.rmtree(out, ignore_errors=True)          # a fresh run, not a resumed one
-        subprocess.run(command(meta, hps, seed, split, os.path.relpath(out, ROOT)), cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        run_hfmeta(command(meta, hps, seed, split, os.path.relpath(out, ROOT)))
         return run_summary(out), restarts(out)
 
     with ThreadPoolExecutor(jobs) as pool:
@@ -189,13 +186,18 @@ def comparison_parser(description, target_seeds, meta_seeds, runs, out):
     return parser
 
 
+def require_files(parser, paths):
+    """A one-line command-line error for the first of ``paths`` that is missing."""
+    for path in paths:
+        if not os.path.exists(os.path.join(ROOT, path)):
+            parser.error(f"{path} is missing; see hfmeta/meta/shipped/README.md for its command")
+
+
 def main():
     parser = comparison_parser(__doc__.splitlines()[0], "5-14", "103-112", "restart", DEFAULT_OUT)
     args = parser.parse_args()
     seeds = {"target": seed_list(args.target_seeds), "meta": seed_list(args.meta_seeds)}
-    for _, meta, _ in VARIANTS:
-        if isinstance(meta, str) and not os.path.exists(os.path.join(ROOT, meta)):
-            parser.error(f"{meta} is missing; see hfmeta/meta/shipped/README.md for its command")
+    require_files(parser, [meta for _, meta, _ in VARIANTS if isinstance(meta, str)])
     t0 = time.perf_counter()
     variants = [(name, constant_file(meta, args.runs) if isinstance(meta, dict) else meta, hps)
                 for name, meta, hps in VARIANTS]
@@ -205,6 +207,7 @@ def main():
                  f"python docs/mlhf_restart.py --target-seeds {args.target_seeds} "
                  f"--meta-seeds {args.meta_seeds}", t0, args.jobs, ["HP"],
                  "(HP: the variant's `--hp`, if any)", VARIANTS, seeds, results)
+
 
 if __name__ == "__main__":
     main()
