@@ -1,0 +1,199 @@
+"""Where the time of hfmeta's GPU (or CPU) items goes, in one short run.
+
+    python docs/gpu_profile.py [--device gpu] [--out FILE]
+
+For ``convnet`` and ``resnet-mini`` (batch 128, float32) it prints
+
+1. forward+backward and Gv: the synchronised median, and how long the host
+   takes to *issue* the same work (20 calls, one synchronisation at the end).
+   Issue time close to the synchronised time means the host (Python, kernel
+   launches) is the bottleneck, not the device;
+2. the same two items layer by layer: every leaf layer's forward, R-op and
+   backward is wrapped in synchronised timers (so the total is larger than the
+   plain item's; the shares are what count);
+3. convnet only: forward+backward and Gv with conv2 on im2col instead of the
+   FFT that ``algorithm="auto"`` picks (a choice made on the CPU);
+4. one MLHF meta-training unroll (T = 10, batch 64): cold (first call, which on
+   the GPU includes compiling CuPy's kernels) and warm, and a cProfile of the
+   warm call (top functions by own time);
+5. a cProfile of five MLHF steps on convnet.
+
+This is a diagnostic for developers; ``hfmeta bench`` gives the reported figures.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from hfmeta import backend
+from hfmeta.bench import _batch, _stepper, _sync
+from hfmeta.meta.mlhf import MLHFNets
+from hfmeta.meta.mlhf_train import unroll
+from hfmeta.meta.registry import get_learned
+from hfmeta.models import build
+from hfmeta.problem import Problem
+
+LAYER_METHODS = ("forward", "rop", "backward", "backward_rop", "rop_after_relu",
+                 "backward_before_relu")
+
+
+def synced_median(fn, xp, repeats=10):
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(xp)
+        t0 = time.perf_counter()
+        fn()
+        _sync(xp)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def issue_time(fn, xp, calls=20):
+    """(host seconds to issue ``calls`` calls, seconds until the device is done), per call."""
+    _sync(xp)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    _sync(xp)
+    t2 = time.perf_counter()
+    return (t1 - t0) / calls, (t2 - t0) / calls
+
+
+def wrap_layers(model, xp, totals):
+    """Wrap every leaf layer's methods in synchronised timers adding to ``totals``."""
+    originals = []
+    for path, layer in model.net.leaves():
+        for method in LAYER_METHODS:
+            fn = getattr(layer, method, None)
+            if fn is None:
+                continue
+
+            def timed(*args, _fn=fn, _key=(path, method), **kwargs):
+                _sync(xp)
+                t0 = time.perf_counter()
+                out = _fn(*args, **kwargs)
+                _sync(xp)
+                totals[_key] += time.perf_counter() - t0
+                return out
+            setattr(layer, method, timed)
+            originals.append((layer, method))
+    return originals
+
+
+def unwrap_layers(originals):
+    for layer, method in originals:
+        delattr(layer, method)
+
+
+def per_layer(model, xp, fn, calls=5):
+    totals = defaultdict(float)
+    fn()
+    originals = wrap_layers(model, xp, totals)
+    _sync(xp)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(xp)
+    wall = (time.perf_counter() - t0) / calls
+    unwrap_layers(originals)
+    rows = sorted(((k, v / calls) for k, v in totals.items()), key=lambda kv: -kv[1])
+    lines = [f"    wrapped total {1e3 * wall:.2f} ms/call; layers {1e3 * sum(v for _, v in rows):.2f} ms"]
+    lines += [f"    {path:28s} {method:22s} {1e3 * sec:8.3f} ms" for (path, method), sec in rows[:14]]
+    return "\n".join(lines)
+
+
+def profile_top(fn, n=25):
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(n)
+    return "\n".join(line for line in s.getvalue().splitlines() if line.strip())
+
+
+def section_model(name, device, out):
+    model = build(name, (3, 32, 32), 10, dtype="float32", device=device)
+    problem, xp, w = Problem(model), model.xp, model.init(0)
+    batch = _batch(model, 128)
+    _, g, lin = problem.loss_and_grad(w, batch)
+    v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
+    items = {"fwdbwd": lambda: problem.loss_and_grad(w, batch), "gvp": lambda: problem.gvp(lin, v)}
+    out(f"\n## {name} ({model.num_params:,} parameters), batch 128, float32, {device}")
+    for item, fn in items.items():
+        med = synced_median(fn, xp)
+        issue, done = issue_time(fn, xp)
+        out(f"  {item}: synced median {1e3 * med:.2f} ms; issue {1e3 * issue:.2f} ms/call, "
+            f"done {1e3 * done:.2f} ms/call")
+        out(per_layer(model, xp, fn))
+    if name == "convnet":
+        conv2 = dict(model.net.leaves())["conv2"]
+        plan, conv2.plan = conv2.plan, None
+        _, g2, lin2 = problem.loss_and_grad(w, batch)
+        out(f"  conv2 on im2col: fwdbwd {1e3 * synced_median(items['fwdbwd'], xp):.2f} ms, "
+            f"gvp {1e3 * synced_median(lambda: problem.gvp(lin2, v), xp):.2f} ms, "
+            f"|g_im2col - g_fft| / |g| = "
+            f"{float(xp.linalg.norm(g2 - g) / xp.linalg.norm(g)):.1e}")
+        conv2.plan = plan
+    return model, problem, xp, w
+
+
+def section_unroll(model, problem, xp, out, T=10, batch_size=64):
+    nets = MLHFNets(b_mt=batch_size)
+    theta = nets.init(0, xp, model.dtype)
+    rows = nets.rows(model.layout)
+    batches = [_batch(model, batch_size, seed=k) for k in range(T + 1)]
+    w = model.init(0)
+
+    def once():
+        unroll(nets, theta, problem, w, nets.zero_states(rows, xp, model.dtype), None, None,
+               batches, rows, record=False)
+        _sync(xp)
+    for label in ("cold", "warm", "warm"):
+        t0 = time.perf_counter()
+        once()
+        out(f"  unroll T={T}, batch {batch_size}, {label}: {time.perf_counter() - t0:.3f} s")
+    out("  cProfile of a warm unroll:")
+    out(profile_top(once))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="gpu", choices=backend.DEVICES)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    lines = []
+
+    def out(text):
+        print(text, flush=True)
+        lines.append(text)
+    for name in ("convnet", "resnet-mini"):
+        model, problem, xp, w = section_model(name, args.device, out)
+        if name == "convnet":
+            section_unroll(model, problem, xp, out)
+            step = _stepper(problem, get_learned("mlhf", model=model, untrained=True), w,
+                            _batch(model, 128))
+            step()
+
+            def five_steps():
+                for _ in range(5):
+                    step()
+                _sync(xp)
+            out("\n  cProfile of five MLHF steps on convnet:")
+            out(profile_top(five_steps))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
