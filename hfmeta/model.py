@@ -53,6 +53,7 @@ class Model:
         self.name = name
         self.config = dict(config or {})
         out = net.build(self.in_shape)
+        net.place(device)
         if out != (self.classes,):
             raise ValueError(f"{name}: network output shape {out} != ({self.classes},)")
         owners = net.layer_of_param()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hfmeta import backend, gradcheck
+from hfmeta import backend, gradcheck, models
 from hfmeta.layers import Conv2d
 from hfmeta.layers import conv as conv_module
 from hfmeta.layers.im2col import col2im, im2col
@@ -98,6 +98,21 @@ def test_auto_algorithm_uses_the_fft_for_large_stride_1_kernels():
     assert chosen(Conv2d(64, 5, padding="same"), (3, 32, 32)) == "im2col"    # few channels
     assert chosen(Conv2d(64, 3, padding=1), (64, 16, 16)) == "im2col"        # small kernel
     assert chosen(Conv2d(64, 5, stride=2, padding=2), (64, 16, 16)) == "im2col"
+
+
+def test_auto_algorithm_is_im2col_on_the_gpu(gpu):
+    """On the GPU "auto" means im2col (launch-bound there); an explicit "fft" stays,
+    and a Model places its layers on its device."""
+    auto, fft = Conv2d(64, 5, padding="same"), Conv2d(64, 5, padding="same", algorithm="fft")
+    for layer in (auto, fft):
+        layer.build((64, 16, 16))
+        layer.place("gpu")
+    assert auto.plan is None and fft.plan is not None
+    auto.place("cpu")
+    assert auto.plan is not None
+    for device, uses_fft in (("cpu", True), ("gpu", False)):
+        conv2 = dict(models.build("convnet", (3, 32, 32), 10, device=device).net.leaves())["conv2"]
+        assert (conv2.plan is not None) == uses_fft, device
 
 
 @pytest.mark.parametrize("variant", FFT_VARIANTS, ids=str)

@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from hfmeta import backend, models
 from hfmeta.cli import cli
 from hfmeta.gradcheck import rel_error
+from hfmeta.layers import Conv2d
 from hfmeta.meta.mlhf import MLHFNets
 from hfmeta.meta.mlhf_train import unroll
 from hfmeta.meta.registry import get_learned
@@ -54,13 +55,19 @@ def _batches(model, steps, n=16, seed=0):
 
 
 def _run_steps(name, device, steps=3, model_name="cnn-small", in_shape=(1, 12, 12),
-               hparams=None, perturb=0.0, **model_options):
+               hparams=None, perturb=0.0, fft=False, **model_options):
     """``steps`` steps of optimizer ``name`` on a zoo model (float64) on ``device``:
     the final weights and the per-step losses, on the host.  ``perturb``: relative
     size of a seeded perturbation of the initial weights (a stand-in for the
-    devices' different rounding)."""
+    devices' different rounding).  ``fft``: every convolution in the Fourier
+    domain (on the GPU "auto" never picks it)."""
     model = models.build(model_name, in_shape, 4, dtype="float64", device=device,
                          **model_options)
+    if fft:
+        for _, layer in model.net.leaves():
+            if isinstance(layer, Conv2d):
+                layer.algorithm = "fft"
+        model.net.place(device)
     problem = Problem(model)
     hparams = {**FAST.get(name, {}), **(hparams or {})}
     if name in LEARNED:
@@ -81,7 +88,9 @@ def _run_steps(name, device, steps=3, model_name="cnn-small", in_shape=(1, 12, 1
     return backend.asnumpy(w), np.array(losses)
 
 
-ZOO_MODELS = [("convnet", (3, 16, 16)), ("resnet-mini", (3, 8, 8))]
+ZOO_MODELS = [("convnet", (3, 16, 16), False), ("convnet", (3, 16, 16), True),
+              ("resnet-mini", (3, 8, 8), False)]
+ZOO_IDS = ["convnet", "convnet-fft", "resnet-mini-bn"]
 ZOO_OPTIMIZERS = ["mlhf", "kfac", "sgd"]
 
 
@@ -116,12 +125,14 @@ def test_optimizer_options_take_the_cpu_steps_on_the_gpu(gpu, name, hparams):
 
 
 @pytest.mark.parametrize("name", ZOO_OPTIMIZERS)
-@pytest.mark.parametrize("model", ZOO_MODELS, ids=["convnet-fft", "resnet-mini-bn"])
+@pytest.mark.parametrize("model", ZOO_MODELS, ids=ZOO_IDS)
 def test_zoo_models_take_the_cpu_steps_on_the_gpu(gpu, model, name):
-    """convnet's second convolution runs in the Fourier domain; resnet-mini has batch
-    norm and residual blocks; MLHF with a half-size curvature batch slices caches."""
-    model_name, in_shape = model
-    runs = [_run_steps(name, device, 2, model_name, in_shape, _zoo_hparams(name), width=0.25)
+    """convnet with "auto" convolutions (the FFT for conv2 on the CPU only) and with
+    every convolution in the Fourier domain; resnet-mini has batch norm and residual
+    blocks; MLHF with a half-size curvature batch slices caches."""
+    model_name, in_shape, fft = model
+    runs = [_run_steps(name, device, 2, model_name, in_shape, _zoo_hparams(name), fft=fft,
+                       width=0.25)
             for device in ("cpu", "gpu")]
     (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
     assert rel_error(losses_gpu, losses_cpu) < TOL
@@ -133,8 +144,8 @@ COMPARED_RUNS = (
     + [pytest.param(n, 4, {"hparams": h}, id=f"{n}-{next(iter(h.values()))}")
        for n, h in VARIANTS]
     + [pytest.param(n, 2, {"model_name": m, "in_shape": s, "hparams": _zoo_hparams(n),
-                           "width": 0.25}, id=f"{n}-{m}")
-       for m, s in ZOO_MODELS for n in ZOO_OPTIMIZERS])
+                           "fft": fft, "width": 0.25}, id=f"{n}-{i}")
+       for (m, s, fft), i in zip(ZOO_MODELS, ZOO_IDS) for n in ZOO_OPTIMIZERS])
 
 
 @pytest.mark.parametrize("name, steps, options", COMPARED_RUNS)

@@ -78,6 +78,11 @@ class Layer:
     def output_shape(self, in_shape: tuple) -> tuple:
         return in_shape
 
+    def place(self, device: str) -> None:
+        """Choose device-dependent algorithms once the device (``"cpu"`` or ``"gpu"``)
+        is known; called by :class:`~hfmeta.model.Model` after :meth:`build`.
+        The numbers do not depend on the choice, only the speed (default: nothing)."""
+
     # -- parameters and state -------------------------------------------------
     def param_specs(self) -> list:
         """``[(local_name, shape, kind), ...]``; valid after :meth:`build`."""

@@ -69,6 +69,10 @@ class Composite(Layer):
         n = len(prefix)
         return {k[n:]: v for k, v in d.items() if k.startswith(prefix)}
 
+    def place(self, device):
+        for _, layer in self.children:
+            layer.place(device)
+
     def leaves(self, prefix=""):
         """Yield ``(path, layer)`` for every non-composite layer, depth first."""
         for name, layer in self.children:

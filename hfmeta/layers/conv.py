@@ -29,10 +29,14 @@ conj(Ŵ_f)ᵀ``, so the R-op is ``dŶ = dX̂ conj(Ŵ)ᵀ + X̂ conj(dŴ)ᵀ``, t
 backward ``x̄^ = ȳ̂ Ŵ``, ``W̄ ↔ Σ_n conj(ȳ̂)ᵀ X̂``, and R{backward} their
 bilinear sums as above.  The forward cache then holds the spectra X̂ and Ŵ
 (far smaller than the columns); ``sq_grad`` and ``backward_diag`` unfold x
-on demand.  ``"auto"`` (default) picks the FFT for stride 1, kernels of at
-least 5×5 and at least 16 input channels (``convnet``'s second layer: 5×5,
-64 channels, where it needs about 6 times fewer multiplications); else
-im2col.
+on demand.  ``"auto"`` (default) picks, on the CPU, the FFT for stride 1,
+kernels of at least 5×5 and at least 16 input channels (``convnet``'s second
+layer: 5×5, 64 channels, where it needs about 6 times fewer multiplications);
+else im2col.  On the GPU ``"auto"`` is always im2col: there these nets are
+bound by the host issuing kernels, not by multiplications, and the FFT path
+issues more of them (H200, convnet, batch 128, float32: forward+backward 8.3
+→ 4.9 ms, Gv 4.1 → 3.3 ms with conv2 on im2col; ``docs/gpu_profile.py``).
+:meth:`Conv2d.place` makes the choice when the model learns its device.
 """
 from __future__ import annotations
 
@@ -92,11 +96,16 @@ class Conv2d(Layer):
     # -- shapes and parameters ------------------------------------------------
     def build(self, in_shape):
         out = super().build(in_shape)
+        self.place("cpu")
+        return out
+
+    def place(self, device):
+        """Pick the algorithm: ``"auto"`` is the FFT on the CPU for stride 1, kernels
+        of at least 5×5 and at least 16 input channels, else im2col (see above)."""
         use_fft = self.algorithm == "fft" or (
-            self.algorithm == "auto" and self.stride == (1, 1)
+            self.algorithm == "auto" and device == "cpu" and self.stride == (1, 1)
             and self.kernel[0] * self.kernel[1] >= 25 and self.in_shape[0] >= 16)
         self.plan = SpectralPlan(self.in_shape[1:], self.kernel, self.padding) if use_fft else None
-        return out
 
     def output_shape(self, in_shape):
         if len(in_shape) != 3:
