@@ -11,9 +11,8 @@ For ``convnet`` and ``resnet-mini`` (batch 128, float32) it prints
 2. the same two items layer by layer: every leaf layer's forward, R-op and
    backward is wrapped in synchronised timers (so the total is larger than the
    plain item's; the shares are what count);
-3. convnet only: forward+backward and Gv with conv2 on the algorithm that
-   ``algorithm="auto"`` does not pick on this device (the FFT on the GPU,
-   im2col on the CPU);
+3. convnet's conv2 on im2col against the FFT: forward+backward, Gv and an
+   MLHF step, round-robin after a warm-up (:func:`section_conv2_ab`);
 4. one MLHF meta-training unroll (T = 10, batch 64): cold (first call, which on
    the GPU includes compiling CuPy's kernels) and warm, and a cProfile of the
    warm call (top functions by own time);
@@ -34,7 +33,7 @@ from collections import defaultdict
 import numpy as np
 
 from hfmeta import backend
-from hfmeta.bench import _batch, _stepper, _sync
+from hfmeta.bench import _batch, _stepper, _sync, interleaved_medians
 from hfmeta.meta.mlhf import MLHFNets
 from hfmeta.meta.mlhf_train import unroll
 from hfmeta.meta.registry import get_learned
@@ -136,21 +135,42 @@ def section_model(name, device, out):
         out(f"  {item}: synced median {1e3 * med:.2f} ms; issue {1e3 * issue:.2f} ms/call, "
             f"done {1e3 * done:.2f} ms/call")
         out(per_layer(model, xp, fn))
-    if name == "convnet":
-        conv2 = dict(model.net.leaves())["conv2"]
-        chosen = "fft" if conv2.plan is not None else "im2col"
-        other = "im2col" if chosen == "fft" else "fft"
-        conv2.algorithm = other
-        conv2.place(device)
-        _, g2, lin2 = problem.loss_and_grad(w, batch)
-        out(f"  conv2 on {other} (auto picks {chosen}): "
-            f"fwdbwd {1e3 * synced_median(items['fwdbwd'], xp):.2f} ms, "
-            f"gvp {1e3 * synced_median(lambda: problem.gvp(lin2, v), xp):.2f} ms, "
-            f"|g_{other} - g_{chosen}| / |g| = "
-            f"{float(xp.linalg.norm(g2 - g) / xp.linalg.norm(g)):.1e} (float32)")
-        conv2.algorithm = "auto"
-        conv2.place(device)
     return model, problem, xp, w
+
+
+def section_conv2_ab(device, out, repeats=40, warm_seconds=3.0):
+    """convnet's conv2 on im2col and on the FFT, everything else equal: forward+backward,
+    Gv and an MLHF step of both, timed round-robin (:func:`interleaved_medians`)
+    after ``warm_seconds`` of the same work, so that neither the order nor a GPU
+    clock still ramping up favours one of them."""
+    fns, grads = {}, {}
+    for algorithm in ("im2col", "fft"):
+        model = build("convnet", (3, 32, 32), 10, dtype="float32", device=device)
+        conv2 = dict(model.net.leaves())["conv2"]
+        conv2.algorithm = algorithm
+        conv2.place(device)
+        problem, xp, w = Problem(model), model.xp, model.init(0)
+        batch = _batch(model, 128)
+        _, grads[algorithm], lin = problem.loss_and_grad(w, batch)
+        v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
+        fns[f"fwdbwd {algorithm}"] = lambda p=problem, w=w, b=batch: p.loss_and_grad(w, b)
+        fns[f"gvp {algorithm}"] = lambda p=problem, lin=lin, v=v: p.gvp(lin, v)
+        fns[f"mlhf {algorithm}"] = _stepper(
+            problem, get_learned("mlhf", model=model, untrained=True), w, batch)
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_seconds:
+        for fn in fns.values():
+            fn()
+    medians = interleaved_medians(fns, repeats, xp, warmup=0)
+    g_im2col, g_fft = grads["im2col"], grads["fft"]
+    out(f"\n## convnet conv2: im2col vs FFT, batch 128, float32, {device}, medians of "
+        f"{repeats} round-robin rounds after {warm_seconds:.0f} s of warm-up")
+    for item in ("fwdbwd", "gvp", "mlhf"):
+        a, b = medians[f"{item} im2col"], medians[f"{item} fft"]
+        out(f"  {item:7s} im2col {1e3 * a:8.2f} ms   fft {1e3 * b:8.2f} ms   "
+            f"im2col / fft = {a / b:.2f}")
+    out(f"  |g_im2col - g_fft| / |g| = "
+        f"{float(xp.linalg.norm(g_im2col - g_fft) / xp.linalg.norm(g_fft)):.1e} (float32)")
 
 
 def section_unroll(model, problem, xp, out, T=10, batch_size=64):
@@ -176,13 +196,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="gpu", choices=backend.DEVICES)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sections", default="models,conv2",
+                    help="comma-separated: models (1, 2, 4, 5 above), conv2 (3)")
     args = ap.parse_args()
+    sections = args.sections.split(",")
     lines = []
 
     def out(text):
         print(text, flush=True)
         lines.append(text)
-    for name in ("convnet", "resnet-mini"):
+    if "conv2" in sections:
+        section_conv2_ab(args.device, out)
+    for name in ("convnet", "resnet-mini") if "models" in sections else ():
         model, problem, xp, w = section_model(name, args.device, out)
         if name == "convnet":
             section_unroll(model, problem, xp, out)

@@ -34,9 +34,10 @@ kernels of at least 5×5 and at least 16 input channels (``convnet``'s second
 layer: 5×5, 64 channels, where it needs about 6 times fewer multiplications);
 else im2col.  On the GPU ``"auto"`` is always im2col: there these nets are
 bound by the host issuing kernels, not by multiplications, and the FFT path
-issues more of them (H200, convnet, batch 128, float32: forward+backward 8.3
-→ 4.9 ms, Gv 4.1 → 3.3 ms with conv2 on im2col; ``docs/gpu_profile.py``).
-:meth:`Conv2d.place` makes the choice when the model learns its device.
+issues more of them (H200, convnet, batch 128, float32, conv2 on im2col ÷ on
+the FFT, round-robin in one run: forward+backward 0.82, Gv 0.73, MLHF step
+0.81; ``docs/gpu_profile.py --sections conv2``).  :meth:`Conv2d.place` makes
+the choice when the model learns its device.
 """
 from __future__ import annotations
 
