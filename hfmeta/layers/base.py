@@ -5,6 +5,7 @@ size, stride, ...).  Parameters, running state and caches are passed in and
 out explicitly, so one layer object can be evaluated at many points::
 
     out_shape     = layer.build(in_shape)          # shapes without the batch axis
+    layer.place(device)                            # device-dependent algorithm choice
     y, cache      = layer.forward(p, x, train, state)
     dy            = layer.rop(p, cache, dp, dx)    # J_p dp + J_x dx  (Pearlmutter's R{.})
     dx            = layer.backward(p, cache, dy, dp_out, need_dx)   # J^T dy
