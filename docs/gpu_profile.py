@@ -33,9 +33,7 @@ from collections import defaultdict
 import numpy as np
 
 from hfmeta import backend
-from hfmeta.bench import _batch, _stepper, _sync, interleaved_medians
-from hfmeta.meta.mlhf import MLHFNets
-from hfmeta.meta.mlhf_train import unroll
+from hfmeta.bench import _batch, _stepper, _sync, interleaved_medians, unroll_call
 from hfmeta.meta.registry import get_learned
 from hfmeta.models import build
 from hfmeta.problem import Problem
@@ -173,16 +171,11 @@ def section_conv2_ab(device, out, repeats=40, warm_seconds=3.0):
         f"{float(xp.linalg.norm(g_im2col - g_fft) / xp.linalg.norm(g_fft)):.1e} (float32)")
 
 
-def section_unroll(model, problem, xp, out, T=10, batch_size=64):
-    nets = MLHFNets(b_mt=batch_size)
-    theta = nets.init(0, xp, model.dtype)
-    rows = nets.rows(model.layout)
-    batches = [_batch(model, batch_size, seed=k) for k in range(T + 1)]
-    w = model.init(0)
+def section_unroll(problem, xp, out, T=10, batch_size=64):
+    unroll_once = unroll_call(problem, T, batch_size)
 
     def once():
-        unroll(nets, theta, problem, w, nets.zero_states(rows, xp, model.dtype), None, None,
-               batches, rows, record=False)
+        unroll_once()
         _sync(xp)
     for label in ("cold", "warm", "warm"):
         t0 = time.perf_counter()
@@ -210,7 +203,7 @@ def main():
     for name in ("convnet", "resnet-mini") if "models" in sections else ():
         model, problem, xp, w = section_model(name, args.device, out)
         if name == "convnet":
-            section_unroll(model, problem, xp, out)
+            section_unroll(problem, xp, out)
             step = _stepper(problem, get_learned("mlhf", model=model, untrained=True), w,
                             _batch(model, 128))
             step()

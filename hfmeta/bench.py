@@ -164,15 +164,12 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
     return model, results
 
 
-def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
-    """Time (``clock`` as :func:`interleaved_medians`) and peak memory of one MLHF
-    meta-training unroll of T steps.  On the GPU an untimed unroll runs first: the
-    first call compiles CuPy's kernels (H200, convnet: 10.0 s cold, 1.0 s warm)."""
+def unroll_call(problem, T, batch_size):
+    """A closure running one MLHF meta-training unroll of T steps (untrained
+    meta-nets, batches of ``batch_size``) from the same start each call."""
     from .meta.mlhf_train import unroll
     from .meta.mlhf import MLHFNets
     model, xp = problem.model, problem.model.xp
-    if progress:
-        progress("unroll")
     nets = MLHFNets(b_mt=batch_size)
     theta = nets.init(0, xp, model.dtype)
     rows = nets.rows(model.layout)
@@ -183,7 +180,17 @@ def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
         states = nets.zero_states(rows, xp, model.dtype)
         return unroll(nets, theta, problem, w, states, None, None, batches, rows,
                       record=False)             # as MetaTrainer.meta_step
+    return once
 
+
+def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
+    """Time (``clock`` as :func:`interleaved_medians`) and peak memory of one MLHF
+    meta-training unroll of T steps.  On the GPU an untimed unroll runs first: the
+    first call compiles CuPy's kernels (H200, convnet: 10.0 s cold, 1.0 s warm)."""
+    xp = problem.model.xp
+    if progress:
+        progress("unroll")
+    once = unroll_call(problem, T, batch_size)
     now = CLOCKS[clock]
     if xp is np:
         tracemalloc.start()
