@@ -123,6 +123,8 @@ class _MemoryPool:
 module = _Module("strict_device", np)
 module.fft = _Module("strict_device.fft", np.fft)
 module.linalg = _Module("strict_device.linalg", np.linalg)
+module.lib = types.SimpleNamespace(
+    stride_tricks=_Module("strict_device.lib.stride_tricks", np.lib.stride_tricks))
 module.ndarray = DeviceArray
 module.get_array_module = lambda *arrays: (
     module if any(isinstance(a, DeviceArray) for a in arrays) else np)

@@ -94,15 +94,21 @@ def unpad(x, padding):
 
 
 def im2col(x, kernel, stride=(1, 1), padding=(0, 0)):
-    """Unfold ``x`` (n, c, h, w) into ``cols`` (c·kh·kw, n·ho·wo), layout above."""
+    """Unfold ``x`` (n, c, h, w) into ``cols`` (c·kh·kw, n·ho·wo), layout above.
+
+    ``cols[c, a, b, n, i, j] = xpad[c, n, sh·i + a, sw·j + b]`` is a strided view of
+    the padded input (no copy), made contiguous in one pass: one kernel on the GPU
+    rather than one per tap (kh·kw), as fast as the per-tap copies on the CPU.
+    """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    (kh, kw), out_hw = kernel, output_size(h, w, kernel, stride, padding)
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = output_size(h, w, kernel, stride, padding)
     xpad = pad(x.transpose(1, 0, 2, 3), padding)             # (c, n, hp, wp)
-    cols = xp.empty((c, kh, kw, n) + out_hw, dtype=x.dtype)
-    for _, a, b, index in windows(kernel, stride, out_hw):
-        cols[:, a, b] = xpad[index]
-    return cols.reshape(c * kh * kw, -1)
+    s_c, s_n, s_h, s_w = xpad.strides
+    taps = xp.lib.stride_tricks.as_strided(
+        xpad, shape=(c, kh, kw, n, ho, wo), strides=(s_c, s_h, s_w, s_n, sh * s_h, sw * s_w))
+    return xp.ascontiguousarray(taps).reshape(c * kh * kw, -1)
 
 
 def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0)):
