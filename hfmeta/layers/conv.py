@@ -35,8 +35,8 @@ layer: 5×5, 64 channels, where it needs about 6 times fewer multiplications);
 else im2col.  On the GPU ``"auto"`` is always im2col: there these nets are
 bound by the host issuing kernels, not by multiplications, and the FFT path
 issues more of them (H200, convnet, batch 128, float32, conv2 on im2col ÷ on
-the FFT, round-robin in one run: forward+backward 0.82, Gv 0.73, MLHF step
-0.81; ``docs/gpu_profile.py --sections conv2``).  :meth:`Conv2d.place` makes
+the FFT, round-robin in one run: forward+backward 0.74, Gv 0.65, MLHF step
+0.75; ``docs/gpu_profile.py --sections conv2``).  :meth:`Conv2d.place` makes
 the choice when the model learns its device.
 """
 from __future__ import annotations
