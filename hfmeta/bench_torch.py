@@ -2,8 +2,8 @@
 
 PyTorch is *never* needed by hfmeta; this module imports it only when asked
 and says clearly when it is missing.  It mirrors a hfmeta model made of
-Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool and Flatten (the
-``mlp``/``cnn-*``/``convnet`` family) as a functional PyTorch network that
+Conv2d, Linear, BatchNorm, ReLU, pooling, Flatten and the ResNet-v2 block
+(every zoo model) as a functional PyTorch network that
 reads *the same flat parameter vector* through the same layout (the
 conventions are PyTorch's: NCHW, conv weight (o, i, kh, kw), linear (o, i)),
 checks that both give the same logits, and times
@@ -19,7 +19,9 @@ import numpy as np
 
 from . import backend
 from .errors import UserError
-from .layers import AvgPool2d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU
+from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d,
+                     PreActBlock, ReLU, Sequential)
+from .layers.residual import BRANCH, PRE
 
 
 def _torch():
@@ -33,35 +35,57 @@ def _torch():
 
 
 def torch_function(model, torch):
-    """``f(params: dict name -> tensor, x) -> logits`` mirroring ``model.net``."""
-    F = torch.nn.functional
-    layers = []
-    for path, layer in model.net.leaves():
-        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool,
-                                  Flatten)):
-            raise UserError(f"--compare-torch mirrors conv/linear/pool nets; {model.name} has "
-                            f"{type(layer).__name__} ({path})")
-        layers.append((path, layer))
+    """``f(params: dict name -> tensor, x) -> logits`` mirroring ``model.net`` (train
+    mode: batch norm normalises with the batch's statistics, as hfmeta's does)."""
+    return _mirror(model.net, "", torch, model.name)
 
-    def f(params, x):
-        for path, layer in layers:
-            if isinstance(layer, Conv2d):
-                x = F.conv2d(x, params[f"{path}.weight"], params.get(f"{path}.bias"),
-                             stride=layer.stride, padding=layer.padding)
-            elif isinstance(layer, Linear):
-                x = F.linear(x, params[f"{path}.weight"], params.get(f"{path}.bias"))
-            elif isinstance(layer, ReLU):
-                x = F.relu(x)
-            elif isinstance(layer, MaxPool2d):
-                x = F.max_pool2d(x, layer.kernel, layer.stride, layer.padding)
-            elif isinstance(layer, AvgPool2d):
-                x = F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding)
-            elif isinstance(layer, GlobalAvgPool):
-                x = x.mean(dim=(2, 3))
-            else:
-                x = x.reshape(x.shape[0], -1)
-        return x
-    return f
+
+def _mirror(layer, path, torch, model_name):
+    """The PyTorch function of one layer (composites: of their graph); ``path`` is
+    the layer's dotted name, the prefix of its parameters in the flat layout."""
+    F = torch.nn.functional
+    name = (lambda local: f"{path}.{local}") if path else (lambda local: local)
+    if isinstance(layer, Sequential):
+        parts = [_mirror(child, name(child_name), torch, model_name)
+                 for child_name, child in layer.children]
+
+        def sequential(params, x):
+            for part in parts:
+                x = part(params, x)
+            return x
+        return sequential
+    if isinstance(layer, PreActBlock):
+        child = {n: _mirror(c, name(n), torch, model_name) for n, c in layer.children}
+
+        def block(params, x):        # y = branch(a) + shortcut, a = relu1(bn1(x))
+            a = x
+            for n in PRE:
+                a = child[n](params, a)
+            h = a
+            for n in BRANCH:
+                h = child[n](params, h)
+            return h + (child["proj"](params, a) if layer.has_projection else x)
+        return block
+    if isinstance(layer, Conv2d):
+        return lambda params, x: F.conv2d(x, params[name("weight")], params.get(name("bias")),
+                                          stride=layer.stride, padding=layer.padding)
+    if isinstance(layer, Linear):
+        return lambda params, x: F.linear(x, params[name("weight")], params.get(name("bias")))
+    if isinstance(layer, BatchNorm):
+        return lambda params, x: F.batch_norm(x, None, None, params[name("gamma")],
+                                              params[name("beta")], training=True, eps=layer.eps)
+    if isinstance(layer, ReLU):
+        return lambda params, x: F.relu(x)
+    if isinstance(layer, MaxPool2d):
+        return lambda params, x: F.max_pool2d(x, layer.kernel, layer.stride, layer.padding)
+    if isinstance(layer, AvgPool2d):
+        return lambda params, x: F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding)
+    if isinstance(layer, GlobalAvgPool):
+        return lambda params, x: x.mean(dim=(2, 3))
+    if isinstance(layer, Flatten):
+        return lambda params, x: x.reshape(x.shape[0], -1)
+    raise UserError(f"--compare-torch has no PyTorch mirror of {type(layer).__name__} "
+                    f"({path} in {model_name})")
 
 
 def torch_items(model, w, batch):

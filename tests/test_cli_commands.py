@@ -121,13 +121,15 @@ def test_bench_compare_torch_without_torch_is_a_clean_error(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit, not ours
-def test_torch_mirror_gives_the_same_logits_and_gauss_newton_product():
-    """Where PyTorch happens to be installed: same weights, same logits, same Gv."""
+@pytest.mark.parametrize("name, width", [("convnet", 1 / 16), ("resnet-mini", 1 / 8)])
+def test_torch_mirror_gives_the_same_logits_and_gauss_newton_product(name, width):
+    """Where PyTorch happens to be installed: same weights, same logits, same Gv
+    (resnet-mini: batch norm with the batch's statistics, residual blocks)."""
     torch = pytest.importorskip("torch")
     from hfmeta.bench_torch import torch_function
     from hfmeta.models import build
     from hfmeta.problem import Problem
-    model = build("convnet", (3, 8, 8), 4, dtype="float64", width=1 / 16)
+    model = build(name, (3, 8, 8), 4, dtype="float64", width=width)
     rng = np.random.default_rng(0)
     w = model.init(0)
     x = rng.standard_normal((3, 3, 8, 8))
