@@ -1,5 +1,6 @@
-"""Conv2d with both algorithms -- im2col (hfmeta.layers.im2col) and the Fourier domain
-(hfmeta.layers.spectral) -- : finite-difference checks (float64) and naive reference loops."""
+"""Conv2d with its three algorithms -- im2col (hfmeta.layers.im2col), the Fourier domain
+(hfmeta.layers.spectral) and shifted products (hfmeta.layers.shift) -- : finite-difference
+checks (float64) and naive reference loops."""
 import numpy as np
 import pytest
 
@@ -18,8 +19,9 @@ VARIANTS = [  # (kernel, stride, padding, bias)
 ]
 
 
-#: the stride-1 variants, which the FFT algorithm also runs
+#: the stride-1 variants, which the FFT and shifted-product algorithms also run
 FFT_VARIANTS = [v for v in VARIANTS if v[1] == 1]
+STRIDE_1_ALGORITHMS = ("fft", "shift")
 
 
 def make(kernel, stride, padding, bias, out=4, algorithm="im2col"):
@@ -36,9 +38,10 @@ def test_conv_derivatives(variant):
     check_derivatives(make(*variant))
 
 
+@pytest.mark.parametrize("algorithm", STRIDE_1_ALGORITHMS)
 @pytest.mark.parametrize("variant", FFT_VARIANTS, ids=str)
-def test_fft_conv_derivatives(variant):
-    check_derivatives(make(*variant, algorithm="fft"))
+def test_stride_1_algorithms_derivatives(variant, algorithm):
+    check_derivatives(make(*variant, algorithm=algorithm))
 
 
 def check_derivatives(layer):
@@ -66,7 +69,7 @@ def naive_conv(x, w, b, stride, padding):
 
 
 @pytest.mark.parametrize("variant,algorithm", [(v, "im2col") for v in VARIANTS]
-                         + [(v, "fft") for v in FFT_VARIANTS], ids=str)
+                         + [(v, a) for v in FFT_VARIANTS for a in STRIDE_1_ALGORITHMS], ids=str)
 def test_conv_forward_matches_naive_loop(variant, algorithm):
     layer = make(*variant, algorithm=algorithm)
     x, p = point(layer)
@@ -87,17 +90,31 @@ def test_same_padding_keeps_size_and_rejects_bad_configs():
     with pytest.raises(ValueError):
         Conv2d(4, 3, stride=2, algorithm="fft")
     with pytest.raises(ValueError):
+        Conv2d(4, 3, stride=2, algorithm="shift")
+    with pytest.raises(ValueError):
         Conv2d(4, 3, algorithm="winograd")
 
 
-def test_auto_algorithm_uses_the_fft_for_large_stride_1_kernels():
-    def chosen(layer, in_shape):
+def chosen(layer):
+    return "fft" if layer.plan is not None else "shift" if layer.shift is not None else "im2col"
+
+
+def test_auto_algorithm_on_the_cpu():
+    """The FFT for large stride-1 kernels on many channels, shifted products for
+    small ones on 8 to 32 channels and 16×16 outputs, im2col for the rest."""
+    def auto(layer, in_shape):
         layer.build(in_shape)
-        return "fft" if layer.plan is not None else "im2col"
-    assert chosen(Conv2d(64, 5, padding="same"), (64, 16, 16)) == "fft"
-    assert chosen(Conv2d(64, 5, padding="same"), (3, 32, 32)) == "im2col"    # few channels
-    assert chosen(Conv2d(64, 3, padding=1), (64, 16, 16)) == "im2col"        # small kernel
-    assert chosen(Conv2d(64, 5, stride=2, padding=2), (64, 16, 16)) == "im2col"
+        return chosen(layer)
+    assert auto(Conv2d(64, 5, padding="same"), (64, 16, 16)) == "fft"
+    assert auto(Conv2d(64, 5, padding="same"), (3, 32, 32)) == "im2col"    # few channels
+    assert auto(Conv2d(16, 3, padding=1), (16, 32, 32)) == "shift"         # resnet-mini stage 1
+    assert auto(Conv2d(32, 3, padding=1), (32, 16, 16)) == "shift"         # stage 2
+    assert auto(Conv2d(64, 3, padding=1), (64, 8, 8)) == "im2col"          # stage 3: small images
+    assert auto(Conv2d(64, 3, padding=1), (64, 32, 32)) == "im2col"        # many channels
+    assert auto(Conv2d(16, 3, padding=1), (3, 32, 32)) == "im2col"         # the stem: 3 channels
+    assert auto(Conv2d(16, 1), (16, 32, 32)) == "im2col"                   # 1×1
+    assert auto(Conv2d(64, 5, stride=2, padding=2), (64, 16, 16)) == "im2col"
+    assert auto(Conv2d(32, 3, stride=2, padding=1), (16, 32, 32)) == "im2col"
 
 
 def test_auto_algorithm_is_im2col_on_the_gpu(gpu):
@@ -107,33 +124,39 @@ def test_auto_algorithm_is_im2col_on_the_gpu(gpu):
     for layer in (auto, fft):
         layer.build((64, 16, 16))
         layer.place("gpu")
-    assert auto.plan is None and fft.plan is not None
+    assert chosen(auto) == "im2col" and chosen(fft) == "fft"
     auto.place("cpu")
-    assert auto.plan is not None
+    assert chosen(auto) == "fft"
+    small = Conv2d(16, 3, padding=1)
+    small.build((16, 32, 32))
+    small.place("gpu")
+    assert chosen(small) == "im2col"
     for device, uses_fft in (("cpu", True), ("gpu", False)):
         conv2 = dict(models.build("convnet", (3, 32, 32), 10, device=device).net.leaves())["conv2"]
         assert (conv2.plan is not None) == uses_fft, device
 
 
+@pytest.mark.parametrize("algorithm", STRIDE_1_ALGORITHMS)
 @pytest.mark.parametrize("variant", FFT_VARIANTS, ids=str)
-def test_fft_and_im2col_agree_on_every_pass(variant):
-    """Both algorithms compute the same linear algebra (float64: to rounding)."""
-    ref, fft = make(*variant), make(*variant, algorithm="fft")
+def test_stride_1_algorithms_and_im2col_agree_on_every_pass(variant, algorithm):
+    """Every algorithm computes the same linear algebra (float64: to rounding)."""
+    ref, other = make(*variant), make(*variant, algorithm=algorithm)
     x, p = point(ref)
-    fft.build(IN_SHAPE)
+    other.build(IN_SHAPE)
     rng = np.random.default_rng(11)
     dx = rng.standard_normal(x.shape)
     dp = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-    (ya, ca), (yb, cb) = ref.forward(p, x, True), fft.forward(p, x, True)
+    (ya, ca), (yb, cb) = ref.forward(p, x, True), other.forward(p, x, True)
     dy, ddy = rng.standard_normal(ya.shape), rng.standard_normal(ya.shape)
     pairs = [(ya, yb)]
     for d_p, d_x in ((dp, dx), (dp, None), (None, dx)):
-        pairs.append((ref.rop(p, ca, d_p, d_x), fft.rop(p, cb, d_p, d_x)))
+        pairs.append((ref.rop(p, ca, d_p, d_x), other.rop(p, cb, d_p, d_x)))
     for method, args in (("backward", (dy,)), ("backward_rop", (dy, dp, dx, ddy)),
                          ("backward_rop", (dy, None, None, ddy)), ("backward_diag", (ddy ** 2,))):
         ga = {k: np.empty_like(v) for k, v in p.items()}
         gb = {k: np.empty_like(v) for k, v in p.items()}
-        pairs.append((getattr(ref, method)(p, ca, *args, ga), getattr(fft, method)(p, cb, *args, gb)))
+        pairs.append((getattr(ref, method)(p, ca, *args, ga),
+                      getattr(other, method)(p, cb, *args, gb)))
         pairs += [(ga[k], gb[k]) for k in ga]
     for a, b in pairs:
         np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-12)
@@ -167,7 +190,8 @@ def test_im2col_and_col2im_are_adjoint():
 
 
 @pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, True), (1, 1, 0, False),
-                                     (5, 1, 2, True, 4, "fft")], ids=str)
+                                     (5, 1, 2, True, 4, "fft"), (3, 1, 2, True, 4, "shift")],
+                         ids=str)
 def test_sq_grad_matches_per_example_backward(variant):
     layer = make(*variant)
     x, p = point(layer, batch=3)
@@ -187,7 +211,8 @@ def test_sq_grad_matches_per_example_backward(variant):
 
 
 @pytest.mark.parametrize("variant", [(3, 1, 1, True), (3, 2, 0, True), (5, 2, 2, False),
-                                     (5, 1, "same", False, 4, "fft")], ids=str)
+                                     (5, 1, "same", False, 4, "fft"),
+                                     (3, 1, 0, True, 4, "shift")], ids=str)
 def test_backward_diag_matches_naive_formula(variant):
     """Becker–LeCun: d2W = Σ d2y xpad², d2b = Σ d2y, d2x = Σ W² d2y over the windows covering x."""
     layer = make(*variant)
@@ -252,7 +277,8 @@ def test_backward_overwrites_the_gradient_views():
 
 
 @pytest.mark.parametrize("variant", [(3, 1, 1, True), (5, 2, 2, False), (1, 1, 0, True),
-                                     (5, 1, "same", True, 4, "fft"), (3, 1, 0, False, 4, "fft")],
+                                     (5, 1, "same", True, 4, "fft"), (3, 1, 0, False, 4, "fft"),
+                                     (3, 1, 1, True, 4, "shift"), (5, 1, 0, False, 4, "shift")],
                          ids=str)
 def test_cupy_matches_numpy(gpu, variant):
     cp = backend.xp_for("gpu")

@@ -14,10 +14,12 @@ CLASSES = 3
 
 
 def _model(name):
-    if name == "im2col+fft":
+    if name == "im2col+fft+shift":
         net = Sequential([("conv1", Conv2d(3, 3, padding=1)), ("relu1", ReLU()),
                           ("pool1", MaxPool2d(2, 2)),
                           ("conv2", Conv2d(4, 3, padding="same", algorithm="fft")), ("relu2", ReLU()),
+                          ("conv3", Conv2d(4, 3, padding=(1, 2), algorithm="shift")),
+                          ("relu3", ReLU()),
                           ("pool2", MaxPool2d(3, 2, padding=1)), ("flatten", Flatten()),
                           ("fc1", Linear(5)), ("relu3", ReLU()), ("fc2", Linear(CLASSES))])
         shape = (2, 8, 8)
@@ -32,7 +34,7 @@ def _model(name):
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
-@pytest.mark.parametrize("name", ["im2col+fft", "avgpools"])
+@pytest.mark.parametrize("name", ["im2col+fft+shift", "avgpools"])
 def test_first_equals_a_fresh_sub_batch_forward(name, lean):
     model = _model(name)
     problem = Problem(model)

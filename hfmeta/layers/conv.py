@@ -21,31 +21,41 @@ adjoint of im2col; ``⋆`` = correlation of an output cotangent with an input):
               g_n = Σ_l dY[:, n, l] X[:, n, l]ᵀ  (sum over positions first), Σ_n g_n²
 * Becker & LeCun (1988):  d2W = d2Y (X²)ᵀ,  d2b = d2Y 1,  d2x = colᵀ((W²)ᵀ d2Y)
 
-**Two algorithms, the same derivatives.**  ``algorithm="im2col"`` is the
+**Three algorithms, the same derivatives.**  ``algorithm="im2col"`` is the
 matrix picture above.  ``algorithm="fft"`` (stride 1 only) computes the same
 products one frequency at a time (:mod:`hfmeta.layers.spectral`): with ``^``
 the real 2-d DFT on a grid large enough that nothing wraps, ``ŷ_f = X̂_f
 conj(Ŵ_f)ᵀ``, so the R-op is ``dŶ = dX̂ conj(Ŵ)ᵀ + X̂ conj(dŴ)ᵀ``, the
 backward ``x̄^ = ȳ̂ Ŵ``, ``W̄ ↔ Σ_n conj(ȳ̂)ᵀ X̂``, and R{backward} their
 bilinear sums as above.  The forward cache then holds the spectra X̂ and Ŵ
-(far smaller than the columns); ``sq_grad`` and ``backward_diag`` unfold x
-on demand.  ``"auto"`` (default) picks, on the CPU, the FFT for stride 1,
-kernels of at least 5×5 and at least 16 input channels (``convnet``'s second
-layer: 5×5, 64 channels, where it needs about 6 times fewer multiplications);
-else im2col.  On the GPU ``"auto"`` is always im2col: there these nets are
-bound by the host issuing kernels, not by multiplications, and the FFT path
-issues more of them (H200, convnet, batch 128, float32, conv2 on im2col ÷ on
-the FFT, round-robin in one run: forward+backward 0.74, Gv 0.65, MLHF step
-0.75; ``docs/gpu_profile.py --sections conv2``).  :meth:`Conv2d.place` makes
-the choice when the model learns its device.
+(far smaller than the columns).  ``algorithm="shift"`` (stride 1 only)
+writes the GEMM as a sum over the kernel's taps of products with shifted
+views of the flat padded input (:mod:`hfmeta.layers.shift`): ``Y = Σ_ab W_ab
+X_ab``, ``W̄_ab = Ȳ X_abᵀ``, ``x̄ ↔ Σ_ab W_abᵀ Ȳ`` placed back at shift ab;
+its cache is the padded input.  Both unfold x on demand for ``sq_grad`` and
+``backward_diag``.
+
+``"auto"`` (default; :meth:`Conv2d.auto_algorithm`) picks, on the CPU, the
+FFT for stride 1, kernels of at least 5×5 and at least 16 input channels
+(``convnet``'s second layer: 5×5, 64 channels, where it needs about 6 times
+fewer multiplications), shifted products for stride-1 kernels of at most 3×3
+on 8 to 32 channels and 16×16 outputs or more (``resnet-mini``'s first two
+stages, whose im2col columns are mostly memory traffic), else im2col.  On the
+GPU ``"auto"`` is always im2col: there these nets are bound by the host
+issuing kernels, not by multiplications, and the other two issue more of them
+(H200, convnet, batch 128, float32, conv2 on im2col ÷ on the FFT,
+round-robin in one run: forward+backward 0.74, Gv 0.65, MLHF step 0.75;
+``docs/gpu_profile.py --sections conv2``).  :meth:`Conv2d.place` makes the
+choice when the model learns its device.
 """
 from __future__ import annotations
 
 from .base import Layer, fan_in_uniform, lean
 from .im2col import col2im, im2col, output_size, pair
+from .shift import ShiftPlan
 from .spectral import SpectralPlan, conj_t
 
-ALGORITHMS = ("auto", "im2col", "fft")
+ALGORITHMS = ("auto", "im2col", "fft", "shift")
 
 
 class Im2colCache(tuple):
@@ -65,6 +75,14 @@ class Im2colCache(tuple):
     @property
     def x_shape(self):
         return self[1]
+
+
+class ShiftCache:
+    """The shifted-product forward's cache: the flat padded input ``X`` of
+    :meth:`hfmeta.layers.shift.ShiftPlan.signal`."""
+
+    def __init__(self, X):
+        self.X = X
 
 
 class Conv2d(Layer):
@@ -89,10 +107,11 @@ class Conv2d(Layer):
         self.bias = bool(bias)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        if algorithm == "fft" and self.stride != (1, 1):
-            raise ValueError(f'algorithm="fft" needs stride 1, got {self.stride}')
+        if algorithm in ("fft", "shift") and self.stride != (1, 1):
+            raise ValueError(f'algorithm="{algorithm}" needs stride 1, got {self.stride}')
         self.algorithm = algorithm
         self.plan = None                        # SpectralPlan when the FFT is used
+        self.shift = None                       # ShiftPlan when shifted products are used
 
     # -- shapes and parameters ------------------------------------------------
     def build(self, in_shape):
@@ -101,12 +120,30 @@ class Conv2d(Layer):
         return out
 
     def place(self, device):
-        """Pick the algorithm: ``"auto"`` is the FFT on the CPU for stride 1, kernels
-        of at least 5×5 and at least 16 input channels, else im2col (see above)."""
-        use_fft = self.algorithm == "fft" or (
-            self.algorithm == "auto" and device == "cpu" and self.stride == (1, 1)
-            and self.kernel[0] * self.kernel[1] >= 25 and self.in_shape[0] >= 16)
-        self.plan = SpectralPlan(self.in_shape[1:], self.kernel, self.padding) if use_fft else None
+        """Pick the algorithm; ``"auto"`` (see above) is :meth:`auto_algorithm`'s."""
+        algorithm = self.auto_algorithm(device) if self.algorithm == "auto" else self.algorithm
+        self.plan = (SpectralPlan(self.in_shape[1:], self.kernel, self.padding)
+                     if algorithm == "fft" else None)
+        self.shift = (ShiftPlan(self.in_shape[1:], self.kernel, self.padding)
+                      if algorithm == "shift" else None)
+
+    def auto_algorithm(self, device):
+        """im2col on the GPU.  On the CPU, for stride 1: the FFT for kernels of at
+        least 5×5 on at least 16 channels; shifted products for kernels of at
+        most 3×3 (not 1×1) on 8 to 32 channels and outputs of at least 16×16
+        positions; else im2col.  (Measured at batch 128, one thread: shifted
+        products take 0.6-0.8 of im2col's forward and backward time on 8-32
+        channels at 16×16-32×32, and 1.05-1.1 on 64 or 128 channels or 8×8.)"""
+        c, h, w = self.in_shape
+        taps = self.kernel[0] * self.kernel[1]
+        ho, wo = self.out_shape[1:]
+        if device != "cpu" or self.stride != (1, 1):
+            return "im2col"
+        if taps >= 25 and c >= 16:
+            return "fft"
+        if 1 < taps <= 9 and 8 <= c <= 32 and ho * wo >= 256:
+            return "shift"
+        return "im2col"
 
     def output_shape(self, in_shape):
         if len(in_shape) != 3:
@@ -213,9 +250,60 @@ class Conv2d(Layer):
             DX += DY @ self.plan.kernel_spectrum(dp["weight"])
         return self.plan.image(DX, x.shape[2:])
 
+    # -- the shifted-product picture (cache: the flat padded input X) ------------
+    def _shift_output(self, Yf, bias):
+        """Yf (o, n·Hp·Wp) (+ bias (o,) or None) -> y (n, o, ho, wo), a view."""
+        if bias is not None:
+            Yf += bias[:, None]
+        return self.shift.image(Yf)
+
+    def _shift_forward(self, p, x):
+        X = self.shift.signal(x)
+        y = self._shift_output(self.shift.apply(p["weight"], X), p["bias"] if self.bias else None)
+        return y, ShiftCache(X)
+
+    def _shift_rop(self, p, cache, dp, dx):
+        Yf = None
+        if dx is not None:
+            Yf = self.shift.apply(p["weight"], self.shift.signal(dx))
+        if dp is not None:
+            t = self.shift.apply(dp["weight"], cache.X)
+            if Yf is None:
+                Yf = t
+            else:
+                Yf += t
+        return self._shift_output(Yf, dp["bias"] if dp is not None and self.bias else None)
+
+    def _shift_backward(self, p, cache, dy, dp_out, need_dx):
+        DY = self.shift.full(dy)
+        dp_out["weight"][...] = self.shift.weight_grad(DY, cache.X)
+        if self.bias:
+            dp_out["bias"][...] = dy.sum(axis=(0, 2, 3))
+        if not need_dx:
+            return None
+        return self.shift.input(self.shift.transpose_apply(p["weight"], DY))
+
+    def _shift_backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx):
+        DY, DDY = self.shift.full(dy), self.shift.full(ddy)
+        ddW = self.shift.weight_grad(DDY, cache.X)
+        if dx is not None:
+            ddW += self.shift.weight_grad(DY, self.shift.signal(dx))
+        ddp_out["weight"][...] = ddW
+        if self.bias:
+            ddp_out["bias"][...] = ddy.sum(axis=(0, 2, 3))
+        if not need_dx:
+            return None
+        Xbar = self.shift.transpose_apply(p["weight"], DDY)
+        if dp is not None:
+            Xbar += self.shift.transpose_apply(dp["weight"], DY)
+        return self.shift.input(Xbar)
+
     def unfolded(self, cache):
-        """``(cols, x_shape)`` of either algorithm's cache (the FFT and a lean im2col
-        cache unfold x on demand)."""
+        """``(cols, x_shape)`` of any algorithm's cache (the FFT, shifted products
+        and a lean im2col cache unfold x on demand)."""
+        if self.shift is not None:
+            x = self.shift.input(cache.X)
+            return self._cols(x), x.shape
         if self.plan is None:
             if cache.cols is None:
                 return self._cols(cache.x), cache.x_shape
@@ -229,6 +317,8 @@ class Conv2d(Layer):
         if self.plan is not None:
             X, Wk, x = cache
             return X[:, :size], Wk, x[:size]
+        if self.shift is not None:                # the first examples' X is a prefix of X
+            return ShiftCache(cache.X[:, :self.shift.length(size) + self.shift.tail])
         x_shape = (size,) + tuple(cache.x_shape[1:])
         if cache.cols is None:
             return Im2colCache(None, x_shape, cache.x[:size])
@@ -239,6 +329,8 @@ class Conv2d(Layer):
     def forward(self, p, x, train, state=None):
         if self.plan is not None:
             return self._fft_forward(p, x)
+        if self.shift is not None:
+            return self._shift_forward(p, x)
         cols = self._cols(x)
         y = self._image(self._apply(p, cols), x.shape)
         return y, (Im2colCache(None, x.shape, x) if lean() else Im2colCache(cols, x.shape))
@@ -248,6 +340,8 @@ class Conv2d(Layer):
             return None
         if self.plan is not None:
             return self._fft_rop(p, cache, dp, dx)
+        if self.shift is not None:
+            return self._shift_rop(p, cache, dp, dx)
         x_shape = cache.x_shape
         if dx is None:
             dY = self._apply(dp, self.unfolded(cache)[0])
@@ -260,6 +354,8 @@ class Conv2d(Layer):
     def backward(self, p, cache, dy, dp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward(p, cache, dy, dp_out, need_dx)
+        if self.shift is not None:
+            return self._shift_backward(p, cache, dy, dp_out, need_dx)
         cols, x_shape = self.unfolded(cache)
         dY = self._matrix(dy)
         self._weight_grad(dY, cols, dp_out["weight"])
@@ -273,6 +369,8 @@ class Conv2d(Layer):
     def backward_rop(self, p, cache, dy, dp, dx, ddy, ddp_out, need_dx=True):
         if self.plan is not None:
             return self._fft_backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
+        if self.shift is not None:
+            return self._shift_backward_rop(p, cache, dy, dp, dx, ddy, ddp_out, need_dx)
         cols, x_shape = self.unfolded(cache)
         dY, ddY = self._matrix(dy), self._matrix(ddy)
         ddW = ddY @ cols.T
