@@ -132,9 +132,9 @@ class Conv2d(Layer):
         least 5×5 on at least 16 channels; shifted products for kernels of at
         most 3×3 (not 1×1) on 8 to 32 channels and outputs of at least 16×16
         positions; else im2col.  (Measured at batch 128, one thread: shifted
-        products take 0.6-0.8 of im2col's forward and backward time on 8-32
-        channels at 16×16-32×32, and 1.05-1.1 on 64 or 128 channels or 8×8.)"""
-        c, h, w = self.in_shape
+        products take 0.45-0.8 of im2col's forward and backward time on 8-32
+        channels at 16×16-32×32, and 1.05-1.12 on 64 or 128 channels or 8×8.)"""
+        c = self.in_shape[0]
         taps = self.kernel[0] * self.kernel[1]
         ho, wo = self.out_shape[1:]
         if device != "cpu" or self.stride != (1, 1):
