@@ -53,6 +53,10 @@ MODEL_CASES = [
     ("convnet", (3, 8, 8), 4, {"width": 1 / 16}, True),
     ("resnet-mini", (3, 8, 8), 4, {"width": 0.25}, True),
     ("resnet-mini", (3, 8, 8), 4, {"width": 0.25}, False),
+    # 8 and 16 channels on 16×16 and 8×8: "auto" runs stage 1 on shifted products
+    ("resnet-mini", (3, 16, 16), 4, {"width": 0.5}, True),
+    # 16 channels on 8×8 after conv1 and pool1: "auto" runs conv2 in the Fourier domain
+    ("convnet", (3, 16, 16), 4, {"width": 0.25}, True),
     ("resnet18v2", (3, 8, 8), 4, {"width": 1 / 16}, True),
 ]
 

@@ -13,7 +13,20 @@ def test_layer_case(case):
 
 
 @pytest.mark.parametrize("case", MODEL_CASES,
-                         ids=[f"{c[0]}-{'train' if c[4] else 'eval'}" for c in MODEL_CASES])
+                         ids=[f"{c[0]}-{c[1][1]}px-{'train' if c[4] else 'eval'}" for c in MODEL_CASES])
 def test_model_case(case):
     results = check_model_case(*case)
     gradcheck.assert_all_ok(results)
+
+
+def test_model_cases_run_every_convolution_algorithm():
+    """"auto" picks the algorithm from the shapes, so the catalogue's model sizes
+    decide which ones the model-level checks see: all three."""
+    from hfmeta.layers import Conv2d
+    from hfmeta.models import build
+    seen = set()
+    for name, in_shape, classes, options, _ in MODEL_CASES:
+        model = build(name, in_shape, classes, dtype="float64", **options)
+        seen |= {"fft" if layer.plan is not None else "shift" if layer.shift is not None
+                 else "im2col" for _, layer in model.net.leaves() if isinstance(layer, Conv2d)}
+    assert seen == {"im2col", "fft", "shift"}
