@@ -145,8 +145,7 @@ def section_conv2_ab(device, out, repeats=40, warm_seconds=3.0):
     for algorithm in ("im2col", "fft"):
         model = build("convnet", (3, 32, 32), 10, dtype="float32", device=device)
         conv2 = dict(model.net.leaves())["conv2"]
-        conv2.algorithm = algorithm
-        conv2.place(device)
+        conv2.set_algorithm(algorithm, device)
         problem, xp, w = Problem(model), model.xp, model.init(0)
         batch = _batch(model, 128)
         _, grads[algorithm], lin = problem.loss_and_grad(w, batch)

@@ -93,10 +93,10 @@ def test_same_padding_keeps_size_and_rejects_bad_configs():
         Conv2d(4, 3, stride=2, algorithm="shift")
     with pytest.raises(ValueError):
         Conv2d(4, 3, algorithm="winograd")
-
-
-def chosen(layer):
-    return "fft" if layer.plan is not None else "shift" if layer.shift is not None else "im2col"
+    strided = Conv2d(4, 3, stride=2)
+    strided.build((3, 7, 7))
+    with pytest.raises(ValueError):                 # set_algorithm checks as the constructor
+        strided.set_algorithm("shift", "cpu")
 
 
 def test_auto_algorithm_on_the_cpu():
@@ -104,7 +104,7 @@ def test_auto_algorithm_on_the_cpu():
     small ones on 8 to 32 channels and 16×16 outputs, im2col for the rest."""
     def auto(layer, in_shape):
         layer.build(in_shape)
-        return chosen(layer)
+        return layer.chosen_algorithm
     assert auto(Conv2d(64, 5, padding="same"), (64, 16, 16)) == "fft"
     assert auto(Conv2d(64, 5, padding="same"), (3, 32, 32)) == "im2col"    # few channels
     assert auto(Conv2d(16, 3, padding=1), (16, 32, 32)) == "shift"         # resnet-mini stage 1
@@ -124,16 +124,16 @@ def test_auto_algorithm_is_im2col_on_the_gpu(gpu):
     for layer in (auto, fft):
         layer.build((64, 16, 16))
         layer.place("gpu")
-    assert chosen(auto) == "im2col" and chosen(fft) == "fft"
+    assert auto.chosen_algorithm == "im2col" and fft.chosen_algorithm == "fft"
     auto.place("cpu")
-    assert chosen(auto) == "fft"
+    assert auto.chosen_algorithm == "fft"
     small = Conv2d(16, 3, padding=1)
     small.build((16, 32, 32))
     small.place("gpu")
-    assert chosen(small) == "im2col"
+    assert small.chosen_algorithm == "im2col"
     for device, uses_fft in (("cpu", True), ("gpu", False)):
         conv2 = dict(models.build("convnet", (3, 32, 32), 10, device=device).net.leaves())["conv2"]
-        assert (conv2.plan is not None) == uses_fft, device
+        assert (conv2.chosen_algorithm == "fft") == uses_fft, device
 
 
 @pytest.mark.parametrize("algorithm", STRIDE_1_ALGORITHMS)

@@ -66,8 +66,7 @@ def _run_steps(name, device, steps=3, model_name="cnn-small", in_shape=(1, 12, 1
     if fft:
         for _, layer in model.net.leaves():
             if isinstance(layer, Conv2d):
-                layer.algorithm = "fft"
-        model.net.place(device)
+                layer.set_algorithm("fft", device)
     problem = Problem(model)
     hparams = {**FAST.get(name, {}), **(hparams or {})}
     if name in LEARNED:

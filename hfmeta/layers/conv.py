@@ -105,13 +105,16 @@ class Conv2d(Layer):
             padding = (self.kernel[0] // 2, self.kernel[1] // 2)
         self.padding = pair(padding)
         self.bias = bool(bias)
+        self.algorithm = self._checked(algorithm)
+        self.plan = None                        # SpectralPlan when the FFT is used
+        self.shift = None                       # ShiftPlan when shifted products are used
+
+    def _checked(self, algorithm):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if algorithm in ("fft", "shift") and self.stride != (1, 1):
             raise ValueError(f'algorithm="{algorithm}" needs stride 1, got {self.stride}')
-        self.algorithm = algorithm
-        self.plan = None                        # SpectralPlan when the FFT is used
-        self.shift = None                       # ShiftPlan when shifted products are used
+        return algorithm
 
     # -- shapes and parameters ------------------------------------------------
     def build(self, in_shape):
@@ -126,6 +129,16 @@ class Conv2d(Layer):
                      if algorithm == "fft" else None)
         self.shift = (ShiftPlan(self.in_shape[1:], self.kernel, self.padding)
                       if algorithm == "shift" else None)
+
+    def set_algorithm(self, algorithm, device):
+        """Switch a built layer to ``algorithm`` (checked as by the constructor) on ``device``."""
+        self.algorithm = self._checked(algorithm)
+        self.place(device)
+
+    @property
+    def chosen_algorithm(self):
+        """The algorithm :meth:`place` chose: ``"fft"``, ``"shift"`` or ``"im2col"``."""
+        return "fft" if self.plan is not None else "shift" if self.shift is not None else "im2col"
 
     def auto_algorithm(self, device):
         """im2col on the GPU.  On the CPU, for stride 1: the FFT for kernels of at
