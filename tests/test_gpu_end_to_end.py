@@ -87,6 +87,18 @@ def _run_steps(name, device, steps=3, model_name="cnn-small", in_shape=(1, 12, 1
     return backend.asnumpy(w), np.array(losses)
 
 
+# every optimizer, 3 steps of cnn-small
+OPTIMIZER_NAMES = sorted(OPTIMIZERS) + list(LEARNED)
+# options with their own device work, 4 steps: every diagonal estimator of SOU (the
+# random ones draw on the host), SLSTM meta-learning jointly while it trains,
+# curvature sub-batches sliced from the gradient batch's caches
+VARIANTS = [("sou", {"diagonal": d}) for d in
+            ("exact-ggn", "mc-ggn", "hutchinson", "hutchinson-hessian")] + [
+    ("slstm", {"joint": True, "T": 2}), ("hf-fixed", {"curvature_batch": 8}),
+    ("martens-hf", {"curvature_batch": 8}), ("mlhf", {"curvature_batch": 8})]
+# zoo models, 2 steps: convnet with "auto" convolutions (the FFT for conv2 on the CPU
+# only) and with every convolution in the Fourier domain; resnet-mini has batch norm
+# and residual blocks; MLHF with a half-size curvature batch slices caches
 ZOO_MODELS = [("convnet", (3, 16, 16), False), ("convnet", (3, 16, 16), True),
               ("resnet-mini", (3, 8, 8), False)]
 ZOO_IDS = ["convnet", "convnet-fft", "resnet-mini-bn"]
@@ -97,54 +109,22 @@ def _zoo_hparams(name):
     return {"curvature_batch": 8} if name == "mlhf" else None
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS) + list(LEARNED))
-def test_every_optimizer_takes_the_cpu_steps_on_the_gpu(gpu, name):
-    w_cpu, losses_cpu = _run_steps(name, "cpu")
-    w_gpu, losses_gpu = _run_steps(name, "gpu")
-    assert rel_error(losses_gpu, losses_cpu) < TOL
-    assert rel_error(w_gpu, w_cpu) < TOL
-
-
-VARIANTS = [("sou", {"diagonal": d}) for d in
-            ("exact-ggn", "mc-ggn", "hutchinson", "hutchinson-hessian")] + [
-    ("slstm", {"joint": True, "T": 2}), ("hf-fixed", {"curvature_batch": 8}),
-    ("martens-hf", {"curvature_batch": 8}), ("mlhf", {"curvature_batch": 8})]
-
-
-@pytest.mark.parametrize("name, hparams", VARIANTS,
-                         ids=[f"{n}-{next(iter(h.values()))}" for n, h in VARIANTS])
-def test_optimizer_options_take_the_cpu_steps_on_the_gpu(gpu, name, hparams):
-    """Options with their own device work: every diagonal estimator of SOU (the
-    random ones draw on the host), SLSTM meta-learning jointly while it trains,
-    curvature sub-batches sliced from the gradient batch's caches."""
-    runs = [_run_steps(name, device, 4, hparams=hparams) for device in ("cpu", "gpu")]
-    (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
-    assert rel_error(losses_gpu, losses_cpu) < TOL
-    assert rel_error(w_gpu, w_cpu) < TOL
-
-
-@pytest.mark.parametrize("name", ZOO_OPTIMIZERS)
-@pytest.mark.parametrize("model", ZOO_MODELS, ids=ZOO_IDS)
-def test_zoo_models_take_the_cpu_steps_on_the_gpu(gpu, model, name):
-    """convnet with "auto" convolutions (the FFT for conv2 on the CPU only) and with
-    every convolution in the Fourier domain; resnet-mini has batch norm and residual
-    blocks; MLHF with a half-size curvature batch slices caches."""
-    model_name, in_shape, fft = model
-    runs = [_run_steps(name, device, 2, model_name, in_shape, _zoo_hparams(name), fft=fft,
-                       width=0.25)
-            for device in ("cpu", "gpu")]
-    (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
-    assert rel_error(losses_gpu, losses_cpu) < TOL
-    assert rel_error(w_gpu, w_cpu) < TOL
-
-
 COMPARED_RUNS = (
-    [pytest.param(n, 3, {}, id=n) for n in sorted(OPTIMIZERS) + list(LEARNED)]
+    [pytest.param(n, 3, {}, id=n) for n in OPTIMIZER_NAMES]
     + [pytest.param(n, 4, {"hparams": h}, id=f"{n}-{next(iter(h.values()))}")
        for n, h in VARIANTS]
     + [pytest.param(n, 2, {"model_name": m, "in_shape": s, "hparams": _zoo_hparams(n),
                            "fft": fft, "width": 0.25}, id=f"{n}-{i}")
        for (m, s, fft), i in zip(ZOO_MODELS, ZOO_IDS) for n in ZOO_OPTIMIZERS])
+
+
+@pytest.mark.parametrize("name, steps, options", COMPARED_RUNS)
+def test_the_compared_runs_take_the_cpu_steps_on_the_gpu(gpu, name, steps, options):
+    """Each run of :data:`COMPARED_RUNS` gives the CPU's losses and weights on the GPU."""
+    runs = [_run_steps(name, device, steps, **options) for device in ("cpu", "gpu")]
+    (w_cpu, losses_cpu), (w_gpu, losses_gpu) = runs
+    assert rel_error(losses_gpu, losses_cpu) < TOL
+    assert rel_error(w_gpu, w_cpu) < TOL
 
 
 @pytest.mark.parametrize("name, steps, options", COMPARED_RUNS)
