@@ -30,10 +30,9 @@ import statistics
 import time
 from collections import defaultdict
 
-import numpy as np
-
 from hfmeta import backend
-from hfmeta.bench import _batch, _stepper, _sync, interleaved_medians, unroll_call
+from hfmeta.bench import (_batch, _direction, _stepper, _sync, interleaved_medians,
+                          unroll_call)
 from hfmeta.meta.registry import get_learned
 from hfmeta.models import build
 from hfmeta.problem import Problem
@@ -119,13 +118,21 @@ def profile_top(fn, n=25):
     return "\n".join(line for line in s.getvalue().splitlines() if line.strip())
 
 
-def section_model(name, device, out):
-    model = build(name, (3, 32, 32), 10, dtype="float32", device=device)
-    problem, xp, w = Problem(model), model.xp, model.init(0)
+def timed_point(model):
+    """``bench``'s point for ``model`` (batch 128): ``(problem, w, batch, g, items)`` with
+    ``items`` the closures ``fwdbwd`` and ``gvp`` timed there."""
+    problem, w = Problem(model), model.init(0)
     batch = _batch(model, 128)
     _, g, lin = problem.loss_and_grad(w, batch)
-    v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
+    v = _direction(model)
     items = {"fwdbwd": lambda: problem.loss_and_grad(w, batch), "gvp": lambda: problem.gvp(lin, v)}
+    return problem, w, batch, g, items
+
+
+def section_model(name, device, out):
+    model = build(name, (3, 32, 32), 10, dtype="float32", device=device)
+    xp = model.xp
+    problem, w, _, _, items = timed_point(model)
     out(f"\n## {name} ({model.num_params:,} parameters), batch 128, float32, {device}")
     for item, fn in items.items():
         med = synced_median(fn, xp)
@@ -146,12 +153,9 @@ def section_conv2_ab(device, out, repeats=40, warm_seconds=3.0):
         model = build("convnet", (3, 32, 32), 10, dtype="float32", device=device)
         conv2 = dict(model.net.leaves())["conv2"]
         conv2.set_algorithm(algorithm, device)
-        problem, xp, w = Problem(model), model.xp, model.init(0)
-        batch = _batch(model, 128)
-        _, grads[algorithm], lin = problem.loss_and_grad(w, batch)
-        v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
-        fns[f"fwdbwd {algorithm}"] = lambda p=problem, w=w, b=batch: p.loss_and_grad(w, b)
-        fns[f"gvp {algorithm}"] = lambda p=problem, lin=lin, v=v: p.gvp(lin, v)
+        xp = model.xp
+        problem, w, batch, grads[algorithm], items = timed_point(model)
+        fns[f"fwdbwd {algorithm}"], fns[f"gvp {algorithm}"] = items["fwdbwd"], items["gvp"]
         fns[f"mlhf {algorithm}"] = _stepper(
             problem, get_learned("mlhf", model=model, untrained=True), w, batch)
     start = time.perf_counter()

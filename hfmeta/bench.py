@@ -93,6 +93,12 @@ def _batch(model, batch_size, seed=0):
     return backend.to_device(x, model.device), backend.to_device(y, model.device)
 
 
+def _direction(model):
+    """The seeded direction v of the timed Gv products, on the model's device."""
+    return model.xp.asarray(np.random.default_rng(1).standard_normal(model.num_params),
+                            model.dtype)
+
+
 def _stepper(problem, opt, w, batch):
     """A closure taking one optimizer step from ``w``; the state carries over
     between calls (K-FAC refreshes its inverses every 20 calls, as in training)."""
@@ -134,7 +140,7 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         fns["fwdbwd"] = lambda: problem.loss_and_grad(w, batch)
     if "gvp" in items or "pcg" in items:
         _, g, lin = problem.loss_and_grad(w, batch)
-        v = xp.asarray(np.random.default_rng(1).standard_normal(model.num_params), model.dtype)
+        v = _direction(model)
         s = xp.full(model.num_params, 1e-2, dtype=model.dtype)
         if "gvp" in items:
             fns["gvp"] = lambda: problem.gvp(lin, v)
