@@ -79,6 +79,17 @@ def asnumpy(x):
     return np.asarray(x)
 
 
+def accumulate(total, term):
+    """``total += term`` where ``total`` is ``None`` (zero) before the first term: a sum
+    of fresh arrays built in place in the first one.  ``total`` must be the caller's
+    own scratch (it is overwritten); for operands that may be shared, use
+    :func:`add_optional`."""
+    if total is None:
+        return term
+    total += term
+    return total
+
+
 def add_optional(a, b):
     """``a + b`` where ``None`` means zero (no new array when one side is ``None``).
 

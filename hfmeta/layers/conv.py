@@ -50,6 +50,7 @@ choice when the model learns its device.
 """
 from __future__ import annotations
 
+from ..backend import accumulate
 from .base import Layer, fan_in_uniform, lean
 from .im2col import col2im, im2col, output_size, pair
 from .shift import ShiftPlan
@@ -230,11 +231,8 @@ class Conv2d(Layer):
         if dx is not None:
             Y = self.plan.product(self.plan.signal(dx), conj_t(Wk))
         if dp is not None:
-            t = self.plan.product(X, conj_t(self.plan.kernel_spectrum(dp["weight"])))
-            if Y is None:
-                Y = t
-            else:
-                Y += t
+            dWk = self.plan.kernel_spectrum(dp["weight"])
+            Y = accumulate(Y, self.plan.product(X, conj_t(dWk)))
         return self._fft_image(Y, dp["bias"] if dp is not None and self.bias else None)
 
     def _fft_backward(self, p, cache, dy, dp_out, need_dx):
@@ -280,11 +278,7 @@ class Conv2d(Layer):
         if dx is not None:
             Yf = self.shift.apply(p["weight"], self.shift.signal(dx))
         if dp is not None:
-            t = self.shift.apply(dp["weight"], cache.X)
-            if Yf is None:
-                Yf = t
-            else:
-                Yf += t
+            Yf = accumulate(Yf, self.shift.apply(dp["weight"], cache.X))
         return self._shift_output(Yf, dp["bias"] if dp is not None and self.bias else None)
 
     def _shift_backward(self, p, cache, dy, dp_out, need_dx):

@@ -22,7 +22,7 @@ those slices, which handles overlapping windows without scatter-add.
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import accumulate, get_array_module
 from .base import Layer
 from .im2col import output_size, pad, pair, unpad, windows
 
@@ -230,11 +230,7 @@ class MaxPool2d(_Pool2d):
         dxpad = pad(dx, self.padding)
         dy = None
         for k, _, _, index in self._windows(x_shape):    # dy = Σ_k [k* = k] dx_k
-            term = dxpad[index] * (argmax == k)
-            if dy is None:
-                dy = term
-            else:
-                dy += term
+            dy = accumulate(dy, dxpad[index] * (argmax == k))
         return dy
 
     def backward(self, p, cache, dy, dp_out, need_dx=True):

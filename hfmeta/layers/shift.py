@@ -43,7 +43,7 @@ its kh·kw products are kh·kw kernel launches, so there im2col stays.
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import accumulate, get_array_module
 
 
 class ShiftPlan:
@@ -105,11 +105,7 @@ class ShiftPlan:
         L = X.shape[1] - self.tail
         Yf = None
         for a, b, s in self.shifts:
-            t = taps[a, b] @ X[:, s:s + L]
-            if Yf is None:
-                Yf = t
-            else:
-                Yf += t
+            Yf = accumulate(Yf, taps[a, b] @ X[:, s:s + L])
         return Yf
 
     def weight_grad(self, Yf, X):
