@@ -21,7 +21,10 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    20), the Jacobi preconditioner P = diag G + s from the exact GGN
    diagonal (:func:`hfmeta.diagonal.exact_diag_ggn`; n = 2, 4; P
    approximates A, PCG solves P y = r), and a coordinate search over one
-   constant scale of P per parameter kind.
+   constant scale of P per parameter kind.  Each row's own steps drive its
+   unrolls, so rows differ in the states they visit as well as in P (and
+   l_p ≈ −sqrt(gᵀA⁻¹g) grows with the gradient); sections 4 and 5 score
+   every P on the same solves.
 
 4. **How much a diagonal P can buy at all, and how much of it a
    coordinate-wise rule can reach** (float64, the same held-out unrolls
@@ -33,6 +36,14 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    on the even solves and scored on the odd ones.  The oracle shows how much
    room a diagonal P has; the local rule shows how much of it is
    predictable from what each coordinate sees.
+
+5. **Is that room persistent?**  A coordinate-wise RNN_p with memory could
+   carry a per-coordinate P from one step to the next, so the question is
+   whether the oracle's P of one solve helps another: the previous solve's
+   oracle P used at solve t (same net; with the mean correlation of log P
+   between consecutive solves), another net's oracle at the same t, and one
+   free diagonal per unroll fitted jointly on that unroll's even solves,
+   scored on its odd ones (the best any per-coordinate constant could do).
 
 3. **Which constant damping the held-out unrolls prefer** (P = I, n = 4):
    l_s (the paper's softmax-weighted one-step loss changes, × 10 as in
@@ -167,29 +178,93 @@ def fit_local_rule(solves, kinds, steps, lr):
     return adam_descent(value_and_grad, np.zeros((len(kinds), solves[0][3].shape[1])), steps, lr)[1]
 
 
+def fit_shared_log_p(solves, steps, lr):
+    """One free log P shared by ``solves``, minimising their mean l_p (Adam)."""
+    def value_and_grad(q):
+        total, grad = 0.0, np.zeros_like(q)
+        for solve in solves:
+            l_p, q_bar = l_p_with_log_p(solve, q, True)
+            total, grad = total + l_p, grad + q_bar
+        return total / len(solves), grad / len(solves)
+    return adam_descent(value_and_grad, np.zeros_like(solves[0][1]), steps, lr)[1]
+
+
+def persistence(solves, oracle_q, starts):
+    """Section 5: ``[(label, group, l_p)]`` where ``group`` are the solves scored.
+
+    Solves come ``T − 1`` per unroll (t = 1..T−1), unroll k at rows k(T−1)….
+    """
+    per = T - 1
+    later = [k * per + t for k in range(starts) for t in range(1, per)]
+    other = [((k + 1) % starts) * per + t for k in range(starts) for t in range(1, per)]
+    rows = [("the previous solve's oracle P (same net, t − 1)", [solves[i] for i in later],
+             [l_p_with_log_p(solves[i], oracle_q[i - 1])[0] for i in later])]
+    if starts > 1:
+        rows.append(("another net's oracle P at the same t", [solves[i] for i in later],
+                     [l_p_with_log_p(solves[i], oracle_q[j])[0] for i, j in zip(later, other)]))
+    fitted, scored, fit_lp, scored_lp = [], [], [], []
+    for k in range(starts):
+        unroll = solves[k * per:(k + 1) * per]
+        q = fit_shared_log_p(unroll[0::2], ORACLE_STEPS, 0.1)
+        for group, out, part in ((fitted, fit_lp, unroll[0::2]), (scored, scored_lp, unroll[1::2])):
+            group += part
+            out += [l_p_with_log_p(sv, q)[0] for sv in part]
+    rows += [("one P per unroll, fitted on its even solves", fitted, fit_lp),
+             ("one P per unroll, scored on its odd solves", scored, scored_lp)]
+    correlation = float(np.mean([np.corrcoef(oracle_q[i], oracle_q[i - 1])[0, 1] for i in later]))
+    return rows, correlation
+
+
+DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "mlhf_probe.md")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta", default=shipped_path("mlhf_paper"))
     parser.add_argument("--model", default="cnn-small")
     parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a zoo model option, e.g. width=0.5 (repeatable)")
     parser.add_argument("--starts", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "mlhf_probe.md"))
+    parser.add_argument("--diagonal-only", action="store_true",
+                        help="only sections 4 and 5 (float64; no meta-net evaluation)")
+    parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
+    model_options = {key: float(value) for key, value in
+                     (option.split("=", 1) for option in args.model_opt)}
     t0 = time.perf_counter()
     nets, theta1, config, _ = MLHFNets.load(args.meta, np, np.float32)
     ds = open_dataset(args.data)
-    model = build(args.model, ds.image_shape, ds.classes, dtype="float32")
+    described = " ".join([args.model] + [f"{k}={v:g}" for k, v in model_options.items()])
+    command = " ".join(["python docs/mlhf_probe.py", f"--meta {os.path.relpath(args.meta)}"]
+                       + [f"--model {args.model}"] * (args.model != "cnn-small")
+                       + [f"--model-opt {option}" for option in args.model_opt]
+                       + [f"--starts {args.starts}"] + ["--diagonal-only"] * args.diagonal_only
+                       + [f"--out {os.path.relpath(args.out)}"] * (args.out != DEFAULT_OUT))
+    lines = [f"# MLHF probe: what RNN_p can buy ({described} on {args.data}, "
+             f"{args.starts} held-out unrolls of T = {T})", "",
+             f"Made by `{command}`; see the script's docstring for what is measured."]
+    s_value = math.log(2.0) + S_MIN                       # softplus(0) + s_min
+    if not args.diagonal_only:
+        lines += meta_net_and_damping_sections(args, model_options, nets, theta1, ds, s_value)
+    lines += diagonal_sections(args, model_options, nets.b_mt, ds, s_value)
+    lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[-3:]))
+
+
+def meta_net_and_damping_sections(args, model_options, nets, theta1, ds, s_value):
+    """Sections 1-3 (float32): the four meta-net mixtures, fixed-damping
+    preconditioners along driven unrolls, constant dampings."""
+    model = build(args.model, ds.image_shape, ds.classes, dtype="float32", **model_options)
     problem = Problem(model)
     batches = ds.batches("meta", nets.b_mt, seed=0, dtype="float32",
                          augment=ds.default_augment)
     trainer = MetaTrainer(problem, batches, T=T, n=nets.n, hidden=nets.hidden,
                           use_rnn_p=nets.use_rnn_p, inputs=nets.inputs, seed=0)
     theta0, n_s = trainer.theta, nets.size_s
-    lines = [f"# MLHF probe: what RNN_p can buy ({args.model} on {args.data}, "
-             f"{args.starts} held-out unrolls of T = {T})", "",
-             f"Made by `python docs/mlhf_probe.py --meta {os.path.relpath(args.meta)} "
-             f"--starts {args.starts}`; see the script's docstring for what is measured.", "",
-             "## 1. l_p moves with RNN_s's damping", "",
+    lines = ["", "## 1. l_p moves with RNN_s's damping", "",
              f"`MetaTrainer.evaluate`: {args.starts} fresh and {args.starts} 30-step-trained "
              f"nets, meta-losses at fixed recorded states, final loss after each row's own "
              f"T steps.", "",
@@ -202,7 +277,6 @@ def main():
                          f"{ev['residual']:.4f} | {ev['loss_end']:.4f} |")
             print(lines[-1], flush=True)
 
-    s_value = math.log(2.0) + S_MIN                       # softplus(0) + s_min
     identity = lambda lin, s: None                         # noqa: E731
 
     def jacobi(lin, s):                       # P ≈ A: PCG solves P y = r
@@ -247,15 +321,20 @@ def main():
                                                      s_const, full=True)
         lines.append(f"| {s_const:.4g} | {l_s:+.4f} | {final:.4f} | {l_p:+.4f} | {res:.4f} |")
         print(lines[-1], flush=True)
+    return lines
 
-    model64 = build(args.model, ds.image_shape, ds.classes, dtype="float64")
+
+def diagonal_sections(args, model_options, b_mt, ds, s_value):
+    """Sections 4 and 5 (float64): the per-solve oracle, the local rule, and
+    whether the oracle's P carries over to other solves."""
+    model64 = build(args.model, ds.image_shape, ds.classes, dtype="float64", **model_options)
     problem64 = Problem(model64)
-    batches64 = ds.batches("meta", nets.b_mt, seed=0, dtype="float64",
-                           augment=ds.default_augment)
+    batches64 = ds.batches("meta", b_mt, seed=0, dtype="float64", augment=ds.default_augment)
     solves = warm_solves(problem64, batches64, args.starts, s_value)
     kinds64 = [model64.layout.kind_slice(k) for k in model64.layout.kinds]
-    oracle = [adam_descent(lambda q, sv=sv: l_p_with_log_p(sv, q, True),
-                           np.zeros_like(sv[1]), ORACLE_STEPS, 0.1)[0] for sv in solves]
+    oracle_fits = [adam_descent(lambda q, sv=sv: l_p_with_log_p(sv, q, True),
+                                np.zeros_like(sv[1]), ORACLE_STEPS, 0.1) for sv in solves]
+    oracle, oracle_q = [v for v, _ in oracle_fits], [q for _, q in oracle_fits]
     fit, held_out = solves[0::2], solves[1::2]
     beta = fit_local_rule(fit, kinds64, RULE_STEPS, 0.05)
     rule = {name: float(np.mean([l_p_with_log_p(sv, local_rule_log_p(beta, sv[3], kinds64))[0]
@@ -268,7 +347,7 @@ def main():
     def closed(value, group):
         return (mean(group, 4) - value) / (mean(group, 4) - mean(group, 5))
 
-    lines += ["", "## 4. How much a diagonal P can buy, and how much a local rule reaches", "",
+    lines = ["", "## 4. How much a diagonal P can buy, and how much a local rule reaches", "",
               f"float64, the {len(solves)} warm-started solves (t = 1..{T - 1}) of the held-out "
               f"unrolls driven by P = I, n = 4, s = {s_value:.4f}; 'gap closed' = the share of "
               "the l_p difference between n = 4 and n = 20 (P = I) recovered at n = 4.", "",
@@ -292,10 +371,21 @@ def main():
     lines += [f"| {kind} | " + " | ".join(f"{b:+.3f}" for b in beta[j]) + " |"
               for j, kind in enumerate(model64.layout.kinds)]
     print("\n".join(lines[-14:]), flush=True)
-    lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[-3:]))
+
+    rows, correlation = persistence(solves, oracle_q, args.starts)
+    lines += ["", "## 5. Does the oracle's P carry over to other solves?", "",
+              "A coordinate-wise RNN_p keeps a state per coordinate, so it could carry a P "
+              "from step to step.  Here the oracle P of section 4 (or one fitted to several "
+              "solves) is used on solves it was not fitted to.", "",
+              "| P (n = 4) | solves | l_p | n = 4, P = I | n = 20, P = I | gap closed |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {len(group)} | {np.mean(values):+.4f} | {mean(group, 4):+.4f} | "
+              f"{mean(group, 5):+.4f} | {closed(np.mean(values), group):.0%} |"
+              for label, group, values in rows]
+    lines += ["", f"Mean correlation of the oracle's log P between consecutive solves of one "
+              f"net: {correlation:.3f}."]
+    print("\n".join(lines[-len(rows) - 2:]), flush=True)
+    return lines
 
 
 if __name__ == "__main__":
