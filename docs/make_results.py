@@ -916,7 +916,10 @@ def render_fig4(e):
           "shipped file's batch of 128, while a fitted rule of what each coordinate sees "
           "(log-linear in |g|, |d_0|, |r_0| and diag G) closes 16% on solves it was not "
           "fitted to, and the Jacobi preconditioner diag G + s or one scale per parameter "
-          "kind close none.", ""]
+          "kind close none.  Nor is that room something RNN_p could carry in its state "
+          "from step to step (probe section 5): the oracle P of one solve, used on the same "
+          "net's next solve, widens the gap (−115%), and one P fitted to half of an "
+          "unroll's solves widens it on the other half (−40%).", ""]
     return L
 
 
