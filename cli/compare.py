@@ -8,7 +8,7 @@ import shutil
 import click
 import numpy as np
 
-from .train import parse_hparams, parse_options
+from .train import PRECISE_BN_HELP, parse_hparams, parse_options
 
 
 def _label(hparams):
@@ -35,11 +35,13 @@ def _label(hparams):
               help="Meta-parameters of a learned optimizer, e.g. mlhf=mlhf.h5.")
 @click.option("--select", type=click.Choice(["train_loss", "test_acc"]), default="train_loss",
               show_default=True, help="What picks the best grid point.")
+@click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
+              metavar="N", help=PRECISE_BN_HELP)
 @click.option("--out", default="runs/compare", show_default=True)
 @click.option("--keep-all", is_flag=True, help="Keep every grid point's run, not only the best.")
 @click.pass_context
 def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs, steps,
-            eval_every, grid, hps, metas, select, out, keep_all):
+            eval_every, grid, hps, metas, select, precise_bn, out, keep_all):
     """Train with each OPTIMIZER (tuned over its grid), keep the best runs, print one table.
 
     Example: hfmeta compare sgd rmsprop adam mlhf --epochs 2
@@ -74,7 +76,7 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
                             split=split, optimizer=name, hparams=hparams,
                             meta=meta_files.get(name), batch_size=batch_size, epochs=epochs,
                             steps=steps, eval_every=eval_every, seed=obj["seed"],
-                            device=obj["device"], dtype=obj["dtype"])
+                            device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)
             run_dir = os.path.join(out, name, f"{k:03d}")
             if os.path.exists(run_dir):
                 shutil.rmtree(run_dir)

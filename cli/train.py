@@ -35,12 +35,22 @@ def default_run_dir(model, optimizer):
     return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{optimizer}")
 
 
+PRECISE_BN_HELP = ("Evaluate with batch-norm statistics recomputed at the current weights "
+                   "from N unaugmented training batches (precise BN) instead of the running "
+                   "averages, which lag when steps are long; both are logged.  0: running "
+                   "averages.")
+
+
 def format_summary(s):
     return (f"{s['model']} ({s['params']:,} parameters) on {s['data']}/{s['split']} with "
             f"{s['optimizer']}: {s['steps']} steps, {s['samples']:,} samples, {s['wall']:.1f} s\n"
             f"  train loss {s['train_loss']:.4f}   test loss {s['test_loss']:.4f}   "
             f"test accuracy {100 * s['test_acc']:.2f}%\n"
-            f"  run folder: {s['run_dir']}")
+            + (f"  (batch norm: statistics of {s['precise_bn']} training batches at the final "
+               f"weights; with the running averages: test loss {s['running_test_loss']:.4f}, "
+               f"test accuracy {100 * s['running_test_acc']:.2f}%)\n"
+               if "precise_bn" in s else "")
+            + f"  run folder: {s['run_dir']}")
 
 
 @click.command("train")
@@ -64,11 +74,13 @@ def format_summary(s):
               "[default: one epoch].")
 @click.option("--checkpoint-every", default=100, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Crop+flip [default: dataset's].")
+@click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
+              metavar="N", help=PRECISE_BN_HELP)
 @click.option("--out", default=None, help="Run folder [default: runs/<time>-<model>-<opt>].")
 @click.option("--resume", default=None, metavar="RUN_DIR", help="Continue a stopped run.")
 @click.pass_context
 def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_size, epochs,
-            steps, eval_every, checkpoint_every, augment, out, resume):
+            steps, eval_every, checkpoint_every, augment, precise_bn, out, resume):
     """Train a network; log metrics, checkpoint, print a summary.
 
     With no options it trains `cnn-small` on the shipped 5,000 MNIST digits
@@ -86,7 +98,7 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
                         split=split, optimizer=optimizer, hparams=parse_hparams(hps), meta=meta,
                         batch_size=batch_size, epochs=epochs, steps=steps, eval_every=eval_every,
                         checkpoint_every=checkpoint_every, augment=augment, seed=obj["seed"],
-                        device=obj["device"], dtype=obj["dtype"])
+                        device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)
         run = Run.create(cfg, out or default_run_dir(model, optimizer))
     quiet = obj.get("verbosity", 0) < 0
     if not quiet:

@@ -58,12 +58,28 @@ class Problem:
         """Fold a train-mode forward's batch statistics into the running statistics."""
         self.state = lin.new_state(self.state, self.bn_momentum)
 
-    def evaluate(self, w, x, y, batch_size: int = 500):
-        """``(mean loss, accuracy)`` in eval mode over ``(x, y)``, in chunks."""
+    def batch_statistics(self, w, batches):
+        """Batch-norm statistics recomputed at ``w`` ("precise BN", Wu & Johnson 2021,
+        *Rethinking "Batch" in BatchNorm*): the equal-weight mean of each batch's
+        train-mode mean and unbiased variance over ``batches``, in the layout of
+        ``state``.  The running averages instead mix the statistics of the last
+        ~1/momentum steps' weights, which lag the current weights when an
+        optimizer takes long steps.  ``{}`` for a model without batch norm."""
+        state = self.model.init_state()
+        if not state:
+            return state
+        for k, batch in enumerate(batches):
+            state = self.linearize(w, batch, True).new_state(state, 1.0 / (k + 1))
+        return state
+
+    def evaluate(self, w, x, y, batch_size: int = 500, state=None):
+        """``(mean loss, accuracy)`` in eval mode over ``(x, y)``, in chunks, with the
+        running statistics ``self.state`` or the given batch-norm ``state``."""
+        state = self.state if state is None else state
         total, correct, n = 0.0, 0.0, x.shape[0]
         for i in range(0, n, batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            z = self.model.forward(w, xb, False, self.state)
+            z = self.model.forward(w, xb, False, state)
             total += float(self.loss_fn.value(z, yb)) * xb.shape[0]
             correct += float((z.argmax(axis=1) == yb).sum())
         return total / n, correct / n

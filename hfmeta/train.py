@@ -65,6 +65,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    precise_bn: int = 0               # evaluate with BN statistics from this many batches at w
 
     @classmethod
     def from_dict(cls, d):
@@ -110,6 +111,13 @@ class Run:
                             else max(1, int(round(cfg.epochs * self.batches.steps_per_epoch))))
         self.eval_every = cfg.eval_every or self.batches.steps_per_epoch
         self.test = self.dataset.load("test", dtype=cfg.dtype, device=cfg.device)
+        if (isinstance(cfg.precise_bn, bool) or not isinstance(cfg.precise_bn, int)
+                or cfg.precise_bn < 0):
+            raise UserError(f"precise_bn must be a number of batches >= 0, got {cfg.precise_bn!r}")
+        # fixed, unaugmented batches of the training split for precise-BN evaluation: an
+        # iterator of their own, so the training stream (and its checkpointed state) is untouched
+        self.bn_batches = self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
+                                               augment=False, dtype=cfg.dtype, device=cfg.device)
         if checkpoint is None:
             self.w = self.model.init(cfg.seed)
             self.opt_state = self.opt.init(self.w)
@@ -186,6 +194,10 @@ class Run:
 
     # -- the loop ------------------------------------------------------------------
     def evaluate(self):
+        """Test loss and accuracy; with ``precise_bn`` = N and batch norm in the model, with
+        the statistics of N training batches at the current weights
+        (:meth:`Problem.batch_statistics`), the running averages' figures kept beside them
+        as ``running_test_loss`` and ``running_test_acc``."""
         x, y = self.test
         test_loss, test_acc = self.problem.evaluate(self.w, x, y)
         train_loss = float(np.mean(self._window)) if self._window else float("nan")
@@ -193,6 +205,12 @@ class Run:
         record = {"kind": "eval", "step": self.step, "samples": self.step * self.cfg.batch_size,
                   "wall": round(self.wall, 4), "train_loss": train_loss,
                   "test_loss": test_loss, "test_acc": test_acc}
+        if self.cfg.precise_bn and self.problem.state:
+            batches = [self.bn_batches.batch_at(k) for k in range(self.cfg.precise_bn)]
+            state = self.problem.batch_statistics(self.w, batches)
+            record.update(running_test_loss=test_loss, running_test_acc=test_acc)
+            record["test_loss"], record["test_acc"] = self.problem.evaluate(self.w, x, y,
+                                                                            state=state)
         self._log(record)
         return record
 
@@ -252,6 +270,10 @@ class Run:
                    "samples": self.step * self.cfg.batch_size, "wall": round(self.wall, 3),
                    "train_loss": last_eval["train_loss"], "test_loss": last_eval["test_loss"],
                    "test_acc": last_eval["test_acc"], "run_dir": self.dir}
+        if "running_test_acc" in last_eval:
+            summary.update(precise_bn=self.cfg.precise_bn,
+                           running_test_loss=last_eval["running_test_loss"],
+                           running_test_acc=last_eval["running_test_acc"])
         with open(os.path.join(self.dir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

@@ -221,3 +221,77 @@ def test_verbose_prints_each_evaluation(tmp_path):
                                  "--out", str(tmp_path / "v")])
     assert r.exit_code == 0, r.output
     assert "step 2: train loss" in r.output and "step 4: train loss" in r.output
+
+
+# -- precise batch-norm statistics for evaluation ------------------------------------------
+
+def test_batch_statistics_are_the_mean_of_each_batch_s_statistics():
+    """Batch norm first, so its input is the images themselves: the recomputed running
+    mean / variance must be the plain mean over batches of each batch's per-channel mean
+    and unbiased variance (float64)."""
+    from hfmeta.layers import Flatten, Linear, Sequential
+    from hfmeta.layers.batchnorm import BatchNorm
+    from hfmeta.model import Model
+    from hfmeta.problem import Problem
+
+    model = Model(Sequential([("bn", BatchNorm()), ("flatten", Flatten()), ("fc", Linear(3))]),
+                  (2, 4, 4), 3, dtype="float64")
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(k, 1 + k, (5, 2, 4, 4)), rng.integers(0, 3, 5)) for k in range(3)]
+    state = problem.batch_statistics(model.init(0), batches)
+    means = [x.mean(axis=(0, 2, 3)) for x, _ in batches]
+    variances = [x.transpose(1, 0, 2, 3).reshape(2, -1).var(axis=1, ddof=1) for x, _ in batches]
+    np.testing.assert_allclose(state["bn.running_mean"], np.mean(means, axis=0), rtol=1e-13)
+    np.testing.assert_allclose(state["bn.running_var"], np.mean(variances, axis=0), rtol=1e-13)
+    assert problem.state["bn.running_mean"].tolist() == [0.0, 0.0]    # running ones untouched
+
+
+def test_precise_bn_changes_the_evaluation_not_the_training(tmp_path):
+    """--precise-bn N: the steps and the running-average figures are those of a run
+    without it; the test figures are those of Problem.evaluate with the statistics of the
+    first N unaugmented training batches at the final weights."""
+    from hfmeta.train import Run
+
+    common = ["-q", "--seed", "3", "train", "--model", "resnet-mini", "--model-opt",
+              "width=0.25", "-b", "16", "--steps", "4", "-o", "adam", "--hp", "lr=0.05"]
+    assert invoke(*common, "--out", str(tmp_path / "plain")).exit_code == 0
+    r = invoke(*common, "--precise-bn", "3", "--out", str(tmp_path / "precise"))
+    assert r.exit_code == 0, r.output
+    assert "statistics of 3 training batches" in r.output
+
+    def records(name):                      # without the wall-clock times
+        return [{k: v for k, v in json.loads(x).items() if k != "wall"}
+                for x in open(tmp_path / name / "metrics.jsonl")]
+    plain, precise = records("plain"), records("precise")
+    assert [x for x in plain if x["kind"] == "step"] == [x for x in precise if x["kind"] == "step"]
+    last_plain, last = plain[-1], precise[-1]
+    assert (last["running_test_loss"], last["running_test_acc"]) == \
+        (last_plain["test_loss"], last_plain["test_acc"])
+    run = Run.resume(str(tmp_path / "precise"))
+    x, y = run.test
+    batches = [run.dataset.batches("train", 16, seed=3, augment=False).batch_at(k)
+               for k in range(3)]
+    state = run.problem.batch_statistics(run.w, batches)
+    assert run.problem.evaluate(run.w, x, y, state=state) == (last["test_loss"], last["test_acc"])
+    assert last["test_loss"] != last["running_test_loss"]
+    summary = json.load(open(tmp_path / "precise" / "summary.json"))
+    assert (summary["precise_bn"], summary["running_test_acc"]) == (3, last["running_test_acc"])
+
+
+def test_precise_bn_without_batch_norm_is_the_plain_evaluation(tmp_path):
+    r = invoke("-q", "train", *TINY, "--steps", "3", "--precise-bn", "2",
+               "--out", str(tmp_path / "run"))
+    assert r.exit_code == 0, r.output
+    last = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")][-1]
+    assert "running_test_acc" not in last and "batch norm" not in r.output
+
+
+@pytest.mark.parametrize("value", [-1, True, 1.5, "3"])
+def test_a_bad_precise_bn_in_a_config_is_a_clean_error(tmp_path, value):
+    from hfmeta.errors import UserError
+    from hfmeta.train import Run, RunConfig
+
+    with pytest.raises(UserError, match="precise_bn must be a number of batches"):
+        Run.create(RunConfig(model="mlp", precise_bn=value), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
