@@ -116,8 +116,10 @@ class Run:
             raise UserError(f"precise_bn must be a number of batches >= 0, got {cfg.precise_bn!r}")
         # fixed, unaugmented batches of the training split for precise-BN evaluation: an
         # iterator of their own, so the training stream (and its checkpointed state) is untouched
-        self.bn_batches = self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
-                                               augment=False, dtype=cfg.dtype, device=cfg.device)
+        self.bn_batches = (self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
+                                                augment=False, dtype=cfg.dtype,
+                                                device=cfg.device)
+                           if cfg.precise_bn else None)
         if checkpoint is None:
             self.w = self.model.init(cfg.seed)
             self.opt_state = self.opt.init(self.w)
