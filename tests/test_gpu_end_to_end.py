@@ -196,6 +196,22 @@ def test_cli_train_on_the_gpu_matches_the_cpu_run(gpu, tmp_path):
     assert rel_error(losses["gpu"], losses["cpu"]) < TOL
 
 
+def test_precise_bn_evaluation_on_the_gpu_matches_the_cpu_one(gpu, tmp_path):
+    """``--precise-bn``'s statistics at the current weights (batch-norm net): the same test
+    figures, both kinds, on the device as on the CPU."""
+    evals = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / device
+        r = CliRunner().invoke(cli, ["-q", "--device", device, "--dtype", "float64", "train",
+                                     "--model", "resnet-mini", "--model-opt", "width=0.25",
+                                     "-b", "16", "--steps", "2", "-o", "adam", "--precise-bn",
+                                     "2", "--out", str(out)], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        last = [json.loads(x) for x in open(out / "metrics.jsonl")][-1]
+        evals[device] = np.array([last[k] for k in ("test_loss", "running_test_loss")])
+    assert rel_error(evals["gpu"], evals["cpu"]) < TOL
+
+
 def test_float32_meta_training_stays_float32_on_the_gpu(gpu):
     """MLHF meta-training's target net keeps the model's dtype on the device (a
     NumPy float64 step-noise factor once promoted it to float64)."""
