@@ -39,7 +39,8 @@ class Group(click.Group):
             raise CleanError(str(e) or type(e).__name__, 1) from None
 
 
-COMMANDS = ("train", "meta_train", "compare", "plot", "gradcheck", "bench", "data", "info")
+COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "bench", "data",
+            "info")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -143,19 +143,27 @@ class Run:
 
     @classmethod
     def resume(cls, run_dir: str, steps: int | None = None):
+        """The run of ``run_dir`` at its checkpoint, ready to train on (``steps``: a new
+        total); log lines written after the checkpoint are dropped."""
+        run = cls.open(run_dir, steps=steps)
+        run._truncate_metrics()
+        return run
+
+    @classmethod
+    def open(cls, run_dir: str, **overrides):
+        """The run of ``run_dir`` at its checkpoint (or at the start without one), its
+        configuration with ``overrides`` (``steps``, ``precise_bn``, … when not None);
+        nothing in the folder is changed."""
         from .storage import load_checkpoint
         path = os.path.join(run_dir, CONFIG)
         if not os.path.isfile(path):
             raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
         with open(path) as f:
             cfg = RunConfig.from_dict(json.load(f))
-        if steps is not None:
-            cfg.steps = steps
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-        run = cls(cfg, run_dir, ckpt)
-        run._truncate_metrics()
-        return run
+        return cls(cfg, run_dir, ckpt)
 
     def _restore(self, ck):
         w = ck["weights"]["w"]
@@ -195,24 +203,28 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ------------------------------------------------------------------
-    def evaluate(self):
-        """Test loss and accuracy; with ``precise_bn`` = N and batch norm in the model, with
-        the statistics of N training batches at the current weights
-        (:meth:`Problem.batch_statistics`), the running averages' figures kept beside them
-        as ``running_test_loss`` and ``running_test_acc``."""
+    def test_figures(self):
+        """``{"test_loss", "test_acc"}`` at the current weights; with ``precise_bn`` = N
+        and batch norm in the model, taken with the statistics of N training batches at
+        these weights (:meth:`Problem.batch_statistics`), the running averages' figures
+        beside them as ``running_test_loss`` and ``running_test_acc``."""
         x, y = self.test
         test_loss, test_acc = self.problem.evaluate(self.w, x, y)
+        if not (self.cfg.precise_bn and self.problem.state):
+            return {"test_loss": test_loss, "test_acc": test_acc}
+        batches = [self.bn_batches.batch_at(k) for k in range(self.cfg.precise_bn)]
+        state = self.problem.batch_statistics(self.w, batches)
+        precise_loss, precise_acc = self.problem.evaluate(self.w, x, y, state=state)
+        return {"test_loss": precise_loss, "test_acc": precise_acc,
+                "running_test_loss": test_loss, "running_test_acc": test_acc}
+
+    def evaluate(self):
+        """Log (and return) an evaluation record: the training loss since the last one
+        and :meth:`test_figures`."""
         train_loss = float(np.mean(self._window)) if self._window else float("nan")
         self._window = []
         record = {"kind": "eval", "step": self.step, "samples": self.step * self.cfg.batch_size,
-                  "wall": round(self.wall, 4), "train_loss": train_loss,
-                  "test_loss": test_loss, "test_acc": test_acc}
-        if self.cfg.precise_bn and self.problem.state:
-            batches = [self.bn_batches.batch_at(k) for k in range(self.cfg.precise_bn)]
-            state = self.problem.batch_statistics(self.w, batches)
-            record.update(running_test_loss=test_loss, running_test_acc=test_acc)
-            record["test_loss"], record["test_acc"] = self.problem.evaluate(self.w, x, y,
-                                                                            state=state)
+                  "wall": round(self.wall, 4), "train_loss": train_loss, **self.test_figures()}
         self._log(record)
         return record
 

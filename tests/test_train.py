@@ -295,3 +295,35 @@ def test_a_bad_precise_bn_in_a_config_is_a_clean_error(tmp_path, value):
     with pytest.raises(UserError, match="precise_bn must be a number of batches"):
         Run.create(RunConfig(model="mlp", precise_bn=value), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_gives_the_run_s_test_figures_and_writes_nothing(tmp_path):
+    """`hfmeta evaluate RUN --precise-bn N` on a run trained with --precise-bn N: the figures
+    of its last evaluation record, both kinds; the folder is left byte for byte."""
+    out = tmp_path / "run"
+    assert invoke("-q", "--seed", "2", "train", "--model", "resnet-mini", "--model-opt",
+                  "width=0.25", "-b", "16", "--steps", "3", "-o", "sgd", "--precise-bn", "2",
+                  "--out", str(out)).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    last = [json.loads(x) for x in open(out / "metrics.jsonl")][-1]
+    r = invoke("evaluate", str(out), "--precise-bn", "2")
+    assert r.exit_code == 0, r.output
+    running, precise = r.output.splitlines()[1:]
+    assert "running BN averages" in running and "2 training batches" in precise
+    assert f"test loss {last['running_test_loss']:.4f}" in running
+    assert f"test accuracy {100 * last['running_test_acc']:.2f}%" in running
+    assert f"test loss {last['test_loss']:.4f}" in precise
+    assert f"test accuracy {100 * last['test_acc']:.2f}%" in precise
+    r = invoke("evaluate", str(out))                       # without: the running averages only
+    assert r.output.splitlines()[1].split() == \
+        ["test", "loss", f"{last['running_test_loss']:.4f}", "test", "accuracy",
+         f"{100 * last['running_test_acc']:.2f}%"]
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_evaluate_of_a_non_run_folder_or_a_run_without_checkpoint(tmp_path):
+    one_line_error(invoke("evaluate", str(tmp_path)), 1, "is not a run folder")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model": "mlp", "optimizer": "adam"}))
+    one_line_error(invoke("evaluate", str(out)), 1, "has no checkpoint.h5")

@@ -1,0 +1,33 @@
+"""``hfmeta evaluate``: the test figures of a run's checkpoint, without training."""
+from __future__ import annotations
+
+import click
+
+from .train import PRECISE_BN_HELP
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
+              metavar="N", help=PRECISE_BN_HELP)
+def command(run_dir, precise_bn):
+    """Test loss and accuracy of RUN_DIR's checkpoint; writes nothing.
+
+    Example: hfmeta evaluate runs/my-resnet --precise-bn 10
+    """
+    from hfmeta.errors import UserError
+    from hfmeta.train import CHECKPOINT, Run
+
+    run = Run.open(run_dir, precise_bn=precise_bn)
+    if run.step == 0:
+        raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")
+    figures = run.test_figures()
+    where = f"{run.cfg.model} on {run.cfg.data} (test split), step {run.step} of {run_dir}"
+    rows = [("", "")]
+    if "running_test_acc" in figures:
+        rows = [("with the running BN averages", "running_"),
+                (f"with BN statistics of {precise_bn} training batches at these weights", "")]
+    width = max(len(label) for label, _ in rows)
+    click.echo("\n".join([where] + [
+        f"  {label:{width}s}{'  ' if label else ''}test loss {figures[prefix + 'test_loss']:.4f}"
+        f"   test accuracy {100 * figures[prefix + 'test_acc']:.2f}%" for label, prefix in rows]))
