@@ -976,6 +976,7 @@ def render_transfer(e):
               + ", ".join(f"{k} {100 * v:.1f}" for k, v in lag.items() if k != worst) +
               "). Training is the same either way; only the statistics used at test time "
               "differ.", ""]
+    L += ["All rows are one seed.", ""]
     L += ["| paper claim | verdict | numbers |", "|---|---|---|",
           verdict_line("MLHF meta-trained on a small ResNet trains a bigger ResNet better than "
                        "the tuned first-order optimizers (per sample)", v,
