@@ -69,9 +69,10 @@ class Runner:
         self.wall_cache = (json.load(open(self.wall_cache_path))
                            if os.path.exists(self.wall_cache_path) else {})
         self.commands = []          # (command string, wall seconds) of the current experiment
+        self.ran = False            # whether the current experiment ran (not --reuse) a run
 
     def start(self):
-        self.commands = []
+        self.commands, self.ran = [], False
 
     def __call__(self, args, outputs=(), fresh=None, allow_fail=False):
         """Run ``hfmeta ARGS``; ``outputs``: files whose existence means it ran (--reuse);
@@ -84,6 +85,7 @@ class Runner:
             print(f"[reuse {wall:7.1f} s] {cmd}", flush=True)
         else:
             print(f"[run] {cmd}", flush=True)
+            self.ran = self.ran or bool(outputs)       # a plot (no outputs) is not a run
             if fresh and os.path.isdir(os.path.join(ROOT, fresh)):
                 shutil.rmtree(os.path.join(ROOT, fresh))
             log = os.path.join(self.log_dir, f"{len(os.listdir(self.log_dir)):04d}.log")
@@ -1149,10 +1151,13 @@ def main():
         run.start()
         t0 = time.perf_counter()
         res = funcs[name](run, a, B, docs)
+        # the date of the runs: today's, unless every command was reused
+        date = (time.strftime("%Y-%m-%d") if run.ran or name not in results
+                else results[name]["date"])
         results[name] = {"result": res, "commands": run.commands,
                          "wall": sum(c["wall"] for c in run.commands),
                          "script_wall": time.perf_counter() - t0, "model": a.model,
-                         "data": a.data, "date": time.strftime("%Y-%m-%d")}
+                         "data": a.data, "date": date}
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, default=float)
         render(results, os.path.join(docs, "results.md"),
