@@ -489,10 +489,10 @@ def exp_fig4(run, a, B, docs):
 
 
 # -- experiment 4: generalisation (section 4.4) ----------------------------------------------
-def exp_transfer(run, a, B, docs):
-    R = os.path.join(a.runs, "transfer")
-    os.makedirs(R, exist_ok=True)
-    s = a.seeds[0]
+def transfer_seed(run, a, B, R, s):
+    """One seed of the transfer experiment under ``R``: meta-train on the small net, train
+    the big one with it and with untrained meta-nets, tune the baselines.  Returns
+    ``(result rows, held-out meta-losses, meta-training wall)``."""
     g = ["-q", "--seed", s]
     h5 = os.path.join(R, "mlhf-resnet-mini.h5")
     meta_model = ["--model", B["tr_meta_model"], "--model-opt", f"width={B['tr_meta_width']}"]
@@ -511,19 +511,33 @@ def exp_transfer(run, a, B, docs):
         fresh=R + "/mlhf-untrained")
     c = os.path.join(R, "baselines")
     run(g + ["compare", "sgd", "adam", *common, "--out", rel(c)], [c + "/compare.json"])
-    rows = compare_rows(c)
-    res = {"seed": s, "meta_iters": B["tr_meta_iters"], "meta_T": B["tr_meta_T"],
-           "meta_batch": B["tr_meta_batch"], "meta_width": B["tr_meta_width"],
-           "target": B["tr_target"], "target_width": B["tr_target_width"], "batch": B["tr_batch"],
-           "epochs": B["tr_epochs"], "lr": lr, "meta_eval": ev, "precise_bn": B["tr_precise_bn"],
-           "meta_wall": float(sum(x["wall"] for x in its)), "rows": {}}
-    for tag in ("mlhf", "mlhf-untrained"):
-        res["rows"][tag] = {**final(R + "/" + tag), "run_dir": rel(R + "/" + tag)}
-    for name in ("sgd", "adam"):
-        r = rows[name]
-        res["rows"][name] = {"train_loss": r["train_loss"], "test_acc": r["test_acc"],
-                             "wall": r["wall"], "hparams": r["hparams"], "grid": r["grid_points"],
-                             "run_dir": r["run_dir"], "running_test_acc": r.get("running_test_acc")}
+    rows = {tag: {**final(R + "/" + tag), "run_dir": rel(R + "/" + tag)}
+            for tag in ("mlhf", "mlhf-untrained")}
+    for name, r in compare_rows(c).items():
+        rows[name] = {"train_loss": r["train_loss"], "test_acc": r["test_acc"],
+                      "wall": r["wall"], "hparams": r["hparams"], "grid": r["grid_points"],
+                      "run_dir": r["run_dir"], "running_test_acc": r.get("running_test_acc")}
+    return rows, ev, float(sum(x["wall"] for x in its))
+
+
+def exp_transfer(run, a, B, docs):
+    """Every seed of ``a.seeds``; the first one's runs under runs/results/transfer (as before
+    seeds were added), the others' under transfer/seed<s>."""
+    R = os.path.join(a.runs, "transfer")
+    seeds = {}
+    for s in a.seeds:
+        folder = R if s == a.seeds[0] else os.path.join(R, f"seed{s}")
+        os.makedirs(folder, exist_ok=True)
+        rows, ev, meta_wall = transfer_seed(run, a, B, folder, s)
+        seeds[str(s)] = {"rows": rows, "meta_eval": ev, "meta_wall": meta_wall}
+    first = seeds[str(a.seeds[0])]
+    res = {"seed": a.seeds[0], "seeds": seeds, "meta_iters": B["tr_meta_iters"],
+           "meta_T": B["tr_meta_T"], "meta_batch": B["tr_meta_batch"],
+           "meta_width": B["tr_meta_width"], "target": B["tr_target"],
+           "target_width": B["tr_target_width"], "batch": B["tr_batch"],
+           "epochs": B["tr_epochs"], "lr": B["tr_batch"] / B["tr_meta_batch"],
+           "meta_eval": first["meta_eval"], "precise_bn": B["tr_precise_bn"],
+           "meta_wall": first["meta_wall"], "rows": first["rows"]}
     from hfmeta.data import open_dataset
     from hfmeta.models import build
     ds = open_dataset(a.data)
@@ -944,7 +958,9 @@ def render_transfer(e):
          f"width {r['target_width']:g} ({r['params_target']:,} parameters, 8 residual blocks "
          f"instead of 9 but 4 stages and 8× the stem width: a bigger, similar net) on the "
          f"target split, batch {r['batch']} (lr = b_tr/b_mt = {r['lr']:g}), {r['epochs']:g} "
-         f"epochs, seed {r['seed']}. Baselines tuned over their full Table-1 grids.", "",
+         f"epochs, seed{'s' if len(r.get('seeds', [0])) > 1 else ''} "
+         f"{', '.join(r.get('seeds', [str(r['seed'])]))}. Baselines tuned over their full "
+         f"Table-1 grids.", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
          f"Held-out meta-losses of the resnet-mini meta-training, before → after: l_p "
          f"{ev['before']['l_p']:+.4f} → {ev['after']['l_p']:+.4f}, l_s {ev['before']['l_s']:+.4f} "
@@ -965,11 +981,6 @@ def render_transfer(e):
                  f"{pct(x['running_test_acc'])} | {x['wall']:.1f} | "
                  f"{hp_label(x['hparams']) if 'hparams' in x else '—'} |")
     L += ["", f"![Transfer]({r['plot']})", ""]
-    m, u, ad, sg = rows["mlhf"], rows["mlhf-untrained"], rows["adam"], rows["sgd"]
-    best_fo = min(ad["train_loss"], sg["train_loss"])
-    v = ("reproduced" if m["train_loss"] < best_fo and m["test_acc"] >= max(ad["test_acc"], sg["test_acc"])
-         else "partly reproduced" if m["train_loss"] < best_fo or m["test_acc"] >= max(ad["test_acc"], sg["test_acc"])
-         else "not reproduced at this scale")
     lag = {labs[t]: rows[t]["test_acc"] - rows[t]["running_test_acc"] for t in labs}
     worst = max(lag, key=lag.get)
     if lag[worst] > 0.05:
@@ -978,19 +989,51 @@ def render_transfer(e):
               + ", ".join(f"{k} {100 * v:.1f}" for k, v in lag.items() if k != worst) +
               "). Training is the same either way; only the statistics used at test time "
               "differ.", ""]
-    L += ["All rows are one seed.", ""]
+    seeds = {k: x["rows"] for k, x in r.get("seeds", {str(r["seed"]): {"rows": rows}}).items()}
+    n = len(seeds)
+    if n == 1:
+        L += ["All rows are one seed.", ""]
+    else:
+        L += [f"Every seed (each its own meta-training, target net and baseline tuning; the "
+              f"table above is seed {r['seed']}): train loss / test accuracy / test accuracy "
+              f"with the running BN averages.", "",
+              "| seed | " + " | ".join(labs.values()) + " |", "|---" * (len(labs) + 1) + "|"]
+        L += [f"| {k} | " + " | ".join(f"{num(x[t]['train_loss'])} / {pct(x[t]['test_acc'])} / "
+                                       f"{pct(x[t]['running_test_acc'])}" for t in labs) + " |"
+              for k, x in seeds.items()]
+        L += [""]
+
+    def mean_of(t, key):
+        return float(np.mean([x[t][key] for x in seeds.values()]))
+
+    lower_loss = [k for k, x in seeds.items()
+                  if x["mlhf"]["train_loss"] < min(x["adam"]["train_loss"], x["sgd"]["train_loss"])]
+    higher_acc = [k for k, x in seeds.items()
+                  if x["mlhf"]["test_acc"] >= max(x["adam"]["test_acc"], x["sgd"]["test_acc"])]
+    meta_helps = [k for k, x in seeds.items()
+                  if x["mlhf"]["train_loss"] < 0.95 * x["mlhf-untrained"]["train_loss"]]
+    v1 = ("reproduced" if len(lower_loss) == n and len(higher_acc) == n
+          else "partly reproduced" if lower_loss or higher_acc else "not reproduced at this scale")
+    v2 = ("reproduced" if len(meta_helps) == n else "partly reproduced" if meta_helps
+          else "not reproduced at this scale")
+    over = "" if n == 1 else f"mean over {n} seeds: "
     L += ["| paper claim | verdict | numbers |", "|---|---|---|",
           verdict_line("MLHF meta-trained on a small ResNet trains a bigger ResNet better than "
-                       "the tuned first-order optimizers (per sample)", v,
-                       f"train loss MLHF {num(m['train_loss'])} vs Adam {num(ad['train_loss'])}, "
-                       f"SGD(m) {num(sg['train_loss'])}; test accuracy {pct(m['test_acc'])} vs "
-                       f"{pct(ad['test_acc'])}, {pct(sg['test_acc'])}"),
-          verdict_line("the transfer is due to meta-training (vs untrained meta-nets)",
-                       "reproduced" if m["train_loss"] < 0.95 * u["train_loss"] else
-                       "not reproduced at this scale",
-                       f"train loss meta-trained {num(m['train_loss'])} vs untrained "
-                       f"{num(u['train_loss'])}; test accuracy {pct(m['test_acc'])} vs "
-                       f"{pct(u['test_acc'])}"), ""]
+                       "the tuned first-order optimizers (per sample)", v1,
+                       f"{over}train loss MLHF {num(mean_of('mlhf', 'train_loss'))} vs Adam "
+                       f"{num(mean_of('adam', 'train_loss'))}, SGD(m) "
+                       f"{num(mean_of('sgd', 'train_loss'))}; test accuracy "
+                       f"{pct(mean_of('mlhf', 'test_acc'))} vs {pct(mean_of('adam', 'test_acc'))}, "
+                       f"{pct(mean_of('sgd', 'test_acc'))}; seeds where MLHF's train loss is "
+                       f"the lowest of the three: {len(lower_loss)}/{n}, its test accuracy the "
+                       f"highest: {len(higher_acc)}/{n}"),
+          verdict_line("the transfer is due to meta-training (vs untrained meta-nets: ≥ 5% "
+                       "lower train loss)", v2,
+                       f"{over}train loss meta-trained {num(mean_of('mlhf', 'train_loss'))} vs "
+                       f"untrained {num(mean_of('mlhf-untrained', 'train_loss'))}; test accuracy "
+                       f"{pct(mean_of('mlhf', 'test_acc'))} vs "
+                       f"{pct(mean_of('mlhf-untrained', 'test_acc'))}; seeds where it holds: "
+                       f"{len(meta_helps)}/{n}"), ""]
     return L
 
 
