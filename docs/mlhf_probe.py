@@ -1,8 +1,10 @@
-"""What can RNN_p buy?  Two measurements behind the MLHF ablation (paper Figure 4).
+"""What can RNN_p buy?  Measurements behind the MLHF ablation (paper Figure 4).
 
 Writes ``docs/mlhf_probe.md`` (and prints it)::
 
     python docs/mlhf_probe.py [--meta FILE] [--starts 3] [--out docs/mlhf_probe.md]
+    python docs/mlhf_probe.py --model convnet --model-opt width=0.5 --starts 2 \
+        --diagonal-only --out docs/mlhf_probe_convnet.md      # sections 4 and 5 only
 
 1. **l_p depends on the damping.**  l_p = (1/T) Σ_t −⟨d, g⟩ / sqrt(⟨d, A d⟩)
    with A = G + diag(s); for the exact solve d = A⁻¹g it equals
@@ -26,6 +28,12 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    l_p ≈ −sqrt(gᵀA⁻¹g) grows with the gradient); sections 4 and 5 score
    every P on the same solves.
 
+3. **Which constant damping the held-out unrolls prefer** (P = I, n = 4):
+   l_s (the paper's softmax-weighted one-step loss changes, × 10 as in
+   meta-training) and the training loss after the T steps, for a few
+   constant s.  RNN_s starts at s ≈ 0.69; meta-training moves it where the
+   meta-gradient points, which need not be where these numbers point.
+
 4. **How much a diagonal P can buy at all, and how much of it a
    coordinate-wise rule can reach** (float64, the same held-out unrolls
    driven by P = I, every warm-started solve t = 1..T−1): a per-solve
@@ -44,12 +52,6 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    between consecutive solves), another net's oracle at the same t, and one
    free diagonal per unroll fitted jointly on that unroll's even solves,
    scored on its odd ones (the best any per-coordinate constant could do).
-
-3. **Which constant damping the held-out unrolls prefer** (P = I, n = 4):
-   l_s (the paper's softmax-weighted one-step loss changes, × 10 as in
-   meta-training) and the training loss after the T steps, for a few
-   constant s.  RNN_s starts at s ≈ 0.69; meta-training moves it where the
-   meta-gradient points, which need not be where these numbers point.
 """
 from __future__ import annotations
 
