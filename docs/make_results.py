@@ -2,7 +2,7 @@
 """Regenerate docs/results.md and its plots: the MLHF and SLSTM papers' experiments,
 scaled down to a 2-core CPU and the shipped 5,000 MNIST digits.
 
-    python docs/make_results.py                       # everything (about 30-45 min of one core)
+    python docs/make_results.py                       # everything (about an hour of one core)
     python docs/make_results.py --only fig2 --seeds 0,1,2
     python docs/make_results.py --mlhf-meta my_mlhf.h5   # a better meta-trained MLHF
     python docs/make_results.py --tiny                 # smoke test: a few steps, writes under runs/
