@@ -97,6 +97,9 @@ class Run:
         from .data import open_dataset
         from .models import build
 
+        if (isinstance(cfg.precise_bn, bool) or not isinstance(cfg.precise_bn, int)
+                or cfg.precise_bn < 0):
+            raise UserError(f"precise_bn must be a number of batches >= 0, got {cfg.precise_bn!r}")
         self.cfg, self.dir = cfg, run_dir
         self.xp = backend.xp_for(cfg.device)
         self.dataset = open_dataset(cfg.data)
@@ -111,9 +114,6 @@ class Run:
                             else max(1, int(round(cfg.epochs * self.batches.steps_per_epoch))))
         self.eval_every = cfg.eval_every or self.batches.steps_per_epoch
         self.test = self.dataset.load("test", dtype=cfg.dtype, device=cfg.device)
-        if (isinstance(cfg.precise_bn, bool) or not isinstance(cfg.precise_bn, int)
-                or cfg.precise_bn < 0):
-            raise UserError(f"precise_bn must be a number of batches >= 0, got {cfg.precise_bn!r}")
         # fixed, unaugmented batches of the training split for precise-BN evaluation: an
         # iterator of their own, so the training stream (and its checkpointed state) is untouched
         self.bn_batches = (self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
