@@ -21,7 +21,7 @@ def _model(name):
                           ("conv3", Conv2d(4, 3, padding=(1, 2), algorithm="shift")),
                           ("relu3", ReLU()),
                           ("pool2", MaxPool2d(3, 2, padding=1)), ("flatten", Flatten()),
-                          ("fc1", Linear(5)), ("relu3", ReLU()), ("fc2", Linear(CLASSES))])
+                          ("fc1", Linear(5)), ("relu4", ReLU()), ("fc2", Linear(CLASSES))])
         shape = (2, 8, 8)
     elif name == "avgpools":
         net = Sequential([("conv1", Conv2d(3, 3, stride=2, padding=1, bias=False)), ("relu1", ReLU()),
