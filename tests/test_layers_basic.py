@@ -46,3 +46,12 @@ def test_relu_rop_reuses_cache_and_handles_zero_direction():
 def test_layer_backward_rop(layer, in_shape):
     r = gradcheck.check_backward_rop(repr(layer), layer, in_shape, batch=3)
     assert r.ok, str(r)
+
+
+def test_composite_child_names_are_unique_and_dot_free():
+    """Child names prefix parameter and cache paths, so two children may not share one
+    (even parameter-free ones, which the layout's own duplicate check cannot see)."""
+    with pytest.raises(ValueError, match="two children named 'relu'"):
+        Sequential([("relu", ReLU()), ("fc", Linear(3)), ("relu", ReLU())])
+    with pytest.raises(ValueError, match="must not contain"):
+        Sequential([("a.b", ReLU())])

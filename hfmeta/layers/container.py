@@ -30,6 +30,8 @@ class Composite(Layer):
         for name, layer in children:
             if "." in name:
                 raise ValueError(f"child name {name!r} must not contain '.'")
+            if any(name == taken for taken, _ in self.children):
+                raise ValueError(f"two children named {name!r}")
             layer.name = name
             self.children.append((name, layer))
 
