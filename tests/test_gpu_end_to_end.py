@@ -182,16 +182,23 @@ def test_meta_train_on_the_gpu_writes_the_cpu_meta_parameters(gpu, tmp_path, met
     assert rel_error(thetas["gpu"], thetas["cpu"]) < TOL
 
 
-def test_cli_train_on_the_gpu_matches_the_cpu_run(gpu, tmp_path):
-    """``hfmeta --device gpu train`` (the main job, shipped MLHF): same losses as the CPU run."""
-    losses = {}
+def _cli_train_records(tmp_path, *train_args):
+    """``{device: metrics.jsonl records}`` of ``hfmeta -q --device DEVICE --dtype float64
+    train TRAIN_ARGS`` on the CPU and on the GPU."""
+    records = {}
     for device in ("cpu", "gpu"):
         out = tmp_path / device
         r = CliRunner().invoke(cli, ["-q", "--device", device, "--dtype", "float64", "train",
-                                     "--steps", "4", "--out", str(out)], catch_exceptions=False)
+                                     *train_args, "--out", str(out)], catch_exceptions=False)
         assert r.exit_code == 0, r.output
-        lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
-        losses[device] = np.array([x["loss"] for x in lines if x["kind"] == "step"])
+        records[device] = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    return records
+
+
+def test_cli_train_on_the_gpu_matches_the_cpu_run(gpu, tmp_path):
+    """``hfmeta --device gpu train`` (the main job, shipped MLHF): same losses as the CPU run."""
+    losses = {device: np.array([x["loss"] for x in lines if x["kind"] == "step"])
+              for device, lines in _cli_train_records(tmp_path, "--steps", "4").items()}
     assert losses["cpu"].size == 4
     assert rel_error(losses["gpu"], losses["cpu"]) < TOL
 
@@ -199,16 +206,10 @@ def test_cli_train_on_the_gpu_matches_the_cpu_run(gpu, tmp_path):
 def test_precise_bn_evaluation_on_the_gpu_matches_the_cpu_one(gpu, tmp_path):
     """``--precise-bn``'s statistics at the current weights (batch-norm net): the same test
     figures, both kinds, on the device as on the CPU."""
-    evals = {}
-    for device in ("cpu", "gpu"):
-        out = tmp_path / device
-        r = CliRunner().invoke(cli, ["-q", "--device", device, "--dtype", "float64", "train",
-                                     "--model", "resnet-mini", "--model-opt", "width=0.25",
-                                     "-b", "16", "--steps", "2", "-o", "adam", "--precise-bn",
-                                     "2", "--out", str(out)], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        last = [json.loads(x) for x in open(out / "metrics.jsonl")][-1]
-        evals[device] = np.array([last[k] for k in ("test_loss", "running_test_loss")])
+    records = _cli_train_records(tmp_path, "--model", "resnet-mini", "--model-opt", "width=0.25",
+                                 "-b", "16", "--steps", "2", "-o", "adam", "--precise-bn", "2")
+    evals = {device: np.array([lines[-1][k] for k in ("test_loss", "running_test_loss")])
+             for device, lines in records.items()}
     assert rel_error(evals["gpu"], evals["cpu"]) < TOL
 
 
