@@ -536,8 +536,7 @@ def exp_transfer(run, a, B, docs):
            "meta_width": B["tr_meta_width"], "target": B["tr_target"],
            "target_width": B["tr_target_width"], "batch": B["tr_batch"],
            "epochs": B["tr_epochs"], "lr": B["tr_batch"] / B["tr_meta_batch"],
-           "meta_eval": first["meta_eval"], "precise_bn": B["tr_precise_bn"],
-           "meta_wall": first["meta_wall"], "rows": first["rows"]}
+           "precise_bn": B["tr_precise_bn"]}
     from hfmeta.data import open_dataset
     from hfmeta.models import build
     ds = open_dataset(a.data)
@@ -548,8 +547,8 @@ def exp_transfer(run, a, B, docs):
     order = ["mlhf", "mlhf-untrained", "sgd", "adam"]
     labels = ["MLHF (meta-trained on resnet-mini)", "MLHF (untrained meta-nets)", "SGD(m) tuned",
               "Adam tuned"]
-    steps_per_epoch = max(1, res["rows"]["mlhf"]["steps"] // max(1, int(round(B["tr_epochs"]))))
-    plot(run, [res["rows"][t]["run_dir"] for t in order], labels,
+    steps_per_epoch = max(1, first["rows"]["mlhf"]["steps"] // max(1, int(round(B["tr_epochs"]))))
+    plot(run, [first["rows"][t]["run_dir"] for t in order], labels,
          rel(os.path.join(docs, "transfer.png")), min(10, steps_per_epoch))
     res["plot"] = "transfer.png"
     return res
@@ -946,20 +945,20 @@ def render_fig4(e):
 
 def render_transfer(e):
     r = e["result"]
-    rows = r["rows"]
-    ev = r["meta_eval"]
+    first = r["seeds"][str(r["seed"])]            # the seed of the detailed table and plot
+    rows, ev = first["rows"], first["meta_eval"]
     L = ["## 4. Generalisation (section 4.4, scaled): resnet-mini → resnet18v2", "",
          f"Paper: MLHF meta-trained on a mini ResNet (CIFAR-10, 250 epochs, b_mt = 128) trains "
          f"ResNet-18 v2 on ImageNet. Here: MLHF meta-trained on `resnet-mini` with width "
          f"{r['meta_width']:g} ({r['params_meta']:,} parameters) on the meta split for only "
          f"**{r['meta_iters']} meta-iterations** (T = {r['meta_T']}, b_mt = {r['meta_batch']}, "
-         f"meta lr 0.01, replay reset 0.5 as the paper's ResNet setting; {r['meta_wall']:.0f} s) — "
+         f"meta lr 0.01, replay reset 0.5 as the paper's ResNet setting; {first['meta_wall']:.0f} s) — "
          f"a real meta-training on this CPU would take hours — then used on `{r['target']}` with "
          f"width {r['target_width']:g} ({r['params_target']:,} parameters, 8 residual blocks "
          f"instead of 9 but 4 stages and 8× the stem width: a bigger, similar net) on the "
          f"target split, batch {r['batch']} (lr = b_tr/b_mt = {r['lr']:g}), {r['epochs']:g} "
-         f"epochs, seed{'s' if len(r.get('seeds', [0])) > 1 else ''} "
-         f"{', '.join(r.get('seeds', [str(r['seed'])]))}. Baselines tuned over their full "
+         f"epochs, seed{'s' if len(r['seeds']) > 1 else ''} "
+         f"{', '.join(r['seeds'])}. Baselines tuned over their full "
          f"Table-1 grids.", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
          f"Held-out meta-losses of the resnet-mini meta-training, before → after: l_p "
@@ -989,7 +988,7 @@ def render_transfer(e):
               + ", ".join(f"{k} {100 * v:.1f}" for k, v in lag.items() if k != worst) +
               "). Training is the same either way; only the statistics used at test time "
               "differ.", ""]
-    seeds = {k: x["rows"] for k, x in r.get("seeds", {str(r["seed"]): {"rows": rows}}).items()}
+    seeds = {k: x["rows"] for k, x in r["seeds"].items()}
     n = len(seeds)
     if n == 1:
         L += ["All rows are one seed.", ""]
