@@ -748,7 +748,7 @@ def render_fig2(e):
                        f"{r['mlhf']['train_loss']['mean']:.4f}); test accuracy "
                        f"{100 * r['mlhf_untrained']['test_acc']['mean']:.1f}% vs "
                        f"{100 * acc_m:.1f}%"), "",
-          *fig2_objective_note(r.get("objective", "paper"), un >= 1.05), ""]
+          *fig2_objective_note(r["objective"], un >= 1.05), ""]
     return L
 
 
@@ -961,7 +961,8 @@ def render_transfer(e):
          f"{', '.join(r['seeds'])}. Baselines tuned over their full "
          f"Table-1 grids.", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
-         f"Held-out meta-losses of the resnet-mini meta-training, before → after: l_p "
+         f"Held-out meta-losses of the resnet-mini meta-training (seed {r['seed']}), before → "
+         f"after: l_p "
          f"{ev['before']['l_p']:+.4f} → {ev['after']['l_p']:+.4f}, l_s {ev['before']['l_s']:+.4f} "
          f"→ {ev['after']['l_s']:+.4f}, ‖r_n‖ {ev['before']['residual']:.4f} → "
          f"{ev['after']['residual']:.4f}.", "",
