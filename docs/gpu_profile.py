@@ -26,7 +26,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
 import time
 from collections import defaultdict
 
@@ -39,18 +38,6 @@ from hfmeta.problem import Problem
 
 LAYER_METHODS = ("forward", "rop", "backward", "backward_rop", "rop_after_relu",
                  "backward_before_relu")
-
-
-def synced_median(fn, xp, repeats=10):
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(xp)
-        t0 = time.perf_counter()
-        fn()
-        _sync(xp)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def issue_time(fn, xp, calls=20):
@@ -135,7 +122,7 @@ def section_model(name, device, out):
     problem, w, _, _, items = timed_point(model)
     out(f"\n## {name} ({model.num_params:,} parameters), batch 128, float32, {device}")
     for item, fn in items.items():
-        med = synced_median(fn, xp)
+        med = interleaved_medians({item: fn}, 10, xp)[item]
         issue, done = issue_time(fn, xp)
         out(f"  {item}: synced median {1e3 * med:.2f} ms; issue {1e3 * issue:.2f} ms/call, "
             f"done {1e3 * done:.2f} ms/call")
