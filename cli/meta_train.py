@@ -26,16 +26,20 @@ def _mean(history, key, part):
 @click.option("--data", default="mnist5k", show_default=True)
 @click.option("--split", type=click.Choice(["meta", "train"]), default="meta", show_default=True,
               help="The paper meta-trains on the first 3/5 of the training set.")
-@click.option("--batch-size", "-b", default=64, show_default=True, help="b_mt.")
-@click.option("--iterations", "-n", default=100, show_default=True, help="Meta-iterations (unrolls).")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1),
+              help="b_mt.")
+@click.option("--iterations", "-n", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Meta-iterations (unrolls).")
 @click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE",
               help="Meta-trainer option, e.g. T=10, n=4, use_rnn_p=false, meta_lr=0.001.")
 @click.option("--out", required=True, help="Meta-parameter file (.h5) to write.")
 @click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
-@click.option("--save-every", default=10, show_default=True, help="Meta-iterations between saves.")
-@click.option("--eval-every", default=0, show_default=True,
+@click.option("--save-every", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Meta-iterations between saves.")
+@click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Meta-iterations between evaluations on the fixed held-out unrolls "
-                   "(a 'validation' line in the log; 0: only before and after).")
+                   "(a 'validation' line in the log; 0: only before and after, the one before "
+                   "written at once).")
 @click.pass_context
 def command(ctx, method, model, model_opts, data, split, batch_size, iterations, opts, out,
             resume, save_every, eval_every):
@@ -70,6 +74,10 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
             np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=iterations, label=f"meta-training {method}", hidden=quiet,
                               file=sys.stderr) as bar:
+        if before is not None:   # logged at once: a run stopped early keeps its starting point
+            log.write(json.dumps({"iteration": trainer.iteration, "validation": before}) + "\n")
+            log.flush()
+
         def on_iteration(stats):
             history.append(stats)
             log.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, float)) else v)

@@ -8,7 +8,8 @@ import click
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "-o", default="runs.png", show_default=True, help="PNG file to write.")
 @click.option("--label", "labels", multiple=True, help="Curve labels, one per run, in order.")
-@click.option("--window", default=20, show_default=True, help="Moving average of the step losses.")
+@click.option("--window", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Moving average of the step losses.")
 @click.option("--linear", is_flag=True, help="Linear instead of log scale for the loss.")
 def command(runs, out, labels, window, linear):
     """Training loss and test accuracy against samples seen and against wall time."""

@@ -68,8 +68,9 @@ def read_log(path):
     the one before training as iteration 0; and the wall time of the iterations."""
     rows = [json.loads(line) for line in open(path)]
     final = next(r["evaluation"] for r in rows if "evaluation" in r)
-    points = [(0, final["before"])]
-    points += [(r["iteration"], r["validation"]) for r in rows if "validation" in r]
+    points = [(r["iteration"], r["validation"]) for r in rows if "validation" in r]
+    if not points or points[0][0] != 0:      # logs written before the first line was logged
+        points.insert(0, (0, final["before"]))
     wall = sum(r["wall"] for r in rows if "wall" in r)
     return points, final, wall
 

@@ -75,6 +75,23 @@ class RunConfig:
             raise UserError(f"unknown run configuration keys: {', '.join(unknown)}")
         return cls(**d)
 
+    def check(self):
+        """Raise a :class:`UserError` naming the first count that is not a usable number."""
+        def whole(name, value, least, optional=False):
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"{name} must be a whole number >= {least}, got {value!r}")
+        whole("batch_size", self.batch_size, 1)
+        whole("steps", self.steps, 1, optional=True)
+        whole("eval_every", self.eval_every, 1, optional=True)
+        whole("log_every", self.log_every, 1)
+        whole("checkpoint_every", self.checkpoint_every, 1)
+        whole("precise_bn", self.precise_bn, 0)
+        if (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
+                or not 0 < self.epochs < float("inf")):
+            raise UserError(f"epochs must be a positive number, got {self.epochs!r}")
+
 
 def make_optimizer(name, hparams, meta=None, model=None):
     """A hand-crafted optimizer from :mod:`hfmeta.optim`, or a learned one from :mod:`hfmeta.meta`."""
@@ -97,9 +114,7 @@ class Run:
         from .data import open_dataset
         from .models import build
 
-        if (isinstance(cfg.precise_bn, bool) or not isinstance(cfg.precise_bn, int)
-                or cfg.precise_bn < 0):
-            raise UserError(f"precise_bn must be a number of batches >= 0, got {cfg.precise_bn!r}")
+        cfg.check()
         self.cfg, self.dir = cfg, run_dir
         self.xp = backend.xp_for(cfg.device)
         self.dataset = open_dataset(cfg.data)

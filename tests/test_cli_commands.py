@@ -69,17 +69,39 @@ def test_meta_train_command_tiny(tmp_path):
                "--eval-every", "2", "--out", str(out))
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert out.exists() and [x.get("iteration") for x in lines[:3]] == [1, 2, 2]
-    assert lines[2]["validation"].keys() == {"l_p", "l_s", "residual", "loss_end"}
-    assert set(lines[3]["evaluation"]) == {"before", "after"}
-    # the validation at the last iteration and the final evaluation see the same theta
-    assert lines[2]["validation"] == lines[3]["evaluation"]["after"]
+    assert out.exists() and [x.get("iteration") for x in lines[:4]] == [0, 1, 2, 2]
+    assert lines[3]["validation"].keys() == {"l_p", "l_s", "residual", "loss_end"}
+    assert set(lines[4]["evaluation"]) == {"before", "after"}
+    # the evaluation before training is logged first (a stopped run keeps it), and the
+    # validation at the last iteration and the final evaluation see the same theta
+    assert lines[0]["validation"] == lines[4]["evaluation"]["before"]
+    assert lines[3]["validation"] == lines[4]["evaluation"]["after"]
     assert "l_p" in r.output and "l_s" in r.output and "before -> after" in r.output
     # the meta-trained file drives training
     r = invoke("-q", "train", "--model", "cnn-small", "--model-opt", "channels=2", "-o", "mlhf",
                "--meta", str(out), "--steps", "3", "--batch-size", "16",
                "--out", str(tmp_path / "run"))
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args", [["--iterations", "0"], ["--iterations", "-1"],
+                                  ["--save-every", "0"], ["--eval-every", "-1"],
+                                  ["--batch-size", "0"]])
+def test_meta_train_refuses_bad_counts(tmp_path, args):
+    """Click names the option (exit 2) before anything runs or is written; -n 0 and
+    --save-every 0 used to end in a traceback after the held-out evaluation."""
+    r = invoke("meta-train", "--model", "cnn-small", "--model-opt", "channels=2", "-b", "8",
+               "--opt", "T=2", *args, "--out", str(tmp_path / "m.h5"))
+    assert r.exit_code == 2 and args[0] in r.output and "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["bench", "--repeats", "0"], ["bench", "--classes", "1"],
+                                  ["bench", "--unroll-T", "0"], ["info", "--classes", "0"],
+                                  ["--seed", "-1", "info"]])
+def test_bad_counts_elsewhere_are_refused_by_click(args):
+    r = invoke(*args)
+    assert r.exit_code == 2 and "Invalid value" in r.output and "Traceback" not in r.output
 
 
 def test_meta_train_command_with_evolution_strategies(tmp_path):
@@ -92,8 +114,8 @@ def test_meta_train_command_with_evolution_strategies(tmp_path):
                "--out", str(out))
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in (tmp_path / "es.jsonl").read_text().splitlines()]
-    assert [x["iteration"] for x in lines[:2]] == [1, 2]
-    assert {"es_fitness", "es_blowups", "es_spread", "loss_end"} <= set(lines[0])
+    assert [x["iteration"] for x in lines[:3]] == [0, 1, 2] and "validation" in lines[0]
+    assert {"es_fitness", "es_blowups", "es_spread", "loss_end"} <= set(lines[1])
     assert "es_fitness" in r.output
     from hfmeta.meta.mlhf import MLHFNets
     assert MLHFNets.load(str(out))[2]["objective"] == "es"

@@ -287,13 +287,29 @@ def test_precise_bn_without_batch_norm_is_the_plain_evaluation(tmp_path):
     assert "running_test_acc" not in last and "batch norm" not in r.output
 
 
-@pytest.mark.parametrize("value", [-1, True, 1.5, "3"])
-def test_a_bad_precise_bn_in_a_config_is_a_clean_error(tmp_path, value):
+@pytest.mark.parametrize("key, value", [
+    ("precise_bn", -1), ("precise_bn", True), ("precise_bn", 1.5), ("precise_bn", "3"),
+    ("steps", 0), ("steps", -3), ("eval_every", 0), ("checkpoint_every", 0),
+    ("checkpoint_every", -1), ("log_every", 0), ("batch_size", 0), ("epochs", 0),
+    ("epochs", -1.0), ("epochs", float("nan")), ("epochs", "3")])
+def test_a_bad_count_in_a_config_is_a_clean_error(tmp_path, key, value):
+    """Every count of a run is checked before anything is written: a run of 0 steps, a
+    checkpoint every 0 steps (a division by zero), negative epochs, ... are one UserError."""
     from hfmeta.errors import UserError
     from hfmeta.train import Run, RunConfig
 
-    with pytest.raises(UserError, match="precise_bn must be a number of batches"):
-        Run.create(RunConfig(model="mlp", precise_bn=value), str(tmp_path / "run"))
+    with pytest.raises(UserError, match=f"^{key} must be a"):
+        Run.create(RunConfig(model="mlp", **{key: value}), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--steps", "-3"], ["--epochs", "0"],
+                                  ["--epochs", "-1"], ["--eval-every", "0"],
+                                  ["--checkpoint-every", "0"], ["--batch-size", "0"]])
+def test_the_cli_refuses_bad_counts(tmp_path, args):
+    """Click names the option (exit 2) and no run folder is made."""
+    r = invoke("train", *TINY, *args, "--out", str(tmp_path / "run"))
+    assert r.exit_code == 2 and args[0] in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run").exists()
 
 
