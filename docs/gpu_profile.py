@@ -145,11 +145,7 @@ def section_conv2_ab(device, out, repeats=40, warm_seconds=3.0):
         fns[f"fwdbwd {algorithm}"], fns[f"gvp {algorithm}"] = items["fwdbwd"], items["gvp"]
         fns[f"mlhf {algorithm}"] = _stepper(
             problem, get_learned("mlhf", model=model, untrained=True), w, batch)
-    start = time.perf_counter()
-    while time.perf_counter() - start < warm_seconds:
-        for fn in fns.values():
-            fn()
-    medians = interleaved_medians(fns, repeats, xp, warmup=0)
+    medians = interleaved_medians(fns, repeats, xp, warmup=0, warm_seconds=warm_seconds)
     g_im2col, g_fft = grads["im2col"], grads["fft"]
     out(f"\n## convnet conv2: im2col vs FFT, batch 128, float32, {device}, medians of "
         f"{repeats} round-robin rounds after {warm_seconds:.0f} s of warm-up")

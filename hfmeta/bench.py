@@ -58,14 +58,19 @@ def _sync(xp):
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+GPU_WARM_SECONDS = 3.0     # untimed round-robin work before timing on the GPU
 
 
-def interleaved_medians(fns, repeats, xp=np, warmup=1, clock="wall"):
+def interleaved_medians(fns, repeats, xp=np, warmup=1, clock="wall", warm_seconds=0.0):
     """Median time (s) of each ``fns[name]()``, timed round-robin.
 
     One call of every function per round, ``repeats`` rounds, so a load that
     comes and goes on a shared machine hits every item alike and the *ratios*
-    stay fair.  The device is synchronised around every call.  ``clock``:
+    stay fair.  The device is synchronised around every call.  Before timing,
+    ``warmup`` calls of each function, then untimed rounds until
+    ``warm_seconds`` have passed (a GPU's clock ramps up over the first
+    seconds of work: without them the first items of a run measured up to
+    1.7 × slower on an H200).  ``clock``:
     ``"wall"`` (:func:`time.perf_counter`) or ``"cpu"`` (:func:`time.process_time`,
     the CPU time of this process summed over its threads: much less sensitive
     to other processes on a shared machine, and equal to wall time for a
@@ -75,6 +80,11 @@ def interleaved_medians(fns, repeats, xp=np, warmup=1, clock="wall"):
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_seconds:
+        for fn in fns.values():
+            fn()
+        _sync(xp)
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -122,12 +132,15 @@ def _make_optimizer(name, model, batch_size):
 def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         dtype="float32", device="cpu", items=None, repeats=5, unroll_T=10,
         unroll_batch=64, model_options=None, progress=None, compare_torch=False,
-        clock="wall"):
+        clock="wall", warm_seconds=None):
     """Time ``items`` (default: all); returns ``(model, {item: {"seconds": s, ...}})``.
 
     Learned optimizers run with untrained meta-nets: their cost does not
-    depend on the meta-parameters.  ``clock``: see :func:`interleaved_medians`.
+    depend on the meta-parameters.  ``clock`` and ``warm_seconds`` (default:
+    3 s on the GPU, none on the CPU): see :func:`interleaved_medians`.
     """
+    if warm_seconds is None:
+        warm_seconds = GPU_WARM_SECONDS if device == "gpu" else 0.0
     items = tuple(items or all_items())
     model = build(model_name, in_shape, classes, dtype=dtype, device=device,
                   **(model_options or {}))
@@ -158,7 +171,7 @@ def run(model_name="convnet", in_shape=(3, 32, 32), classes=10, batch_size=128,
         fns.update(torch_fns)
     if progress and fns:
         progress(", ".join(fns))
-    medians = interleaved_medians(fns, repeats, xp, clock=clock)
+    medians = interleaved_medians(fns, repeats, xp, clock=clock, warm_seconds=warm_seconds)
     results = {name: {"seconds": sec} for name, sec in medians.items()}
     if logit_diff is not None:
         for ours, theirs in (("fwdbwd", "torch-fwdbwd"), ("gvp", "torch-gvp")):
