@@ -435,6 +435,8 @@ FIG4_CONFIGS = [
 
 
 def read_meta_log(path):
+    """A meta-training log's per-iteration records and its final before/after evaluation
+    (held-out 'validation' lines are neither)."""
     its, ev = [], None
     with open(path) as f:
         for line in f:
@@ -442,7 +444,7 @@ def read_meta_log(path):
                 r = json.loads(line)
                 if "evaluation" in r:
                     ev = r["evaluation"]
-                else:
+                elif "validation" not in r:
                     its.append(r)
     return its, ev
 
@@ -939,7 +941,11 @@ def render_fig4(e):
           "unroll's solves widens it on the other half (−40%).  On `convnet` (the paper's "
           "model for this figure, at width 0.5; [`mlhf_probe_convnet.md`](mlhf_probe_convnet.md)) "
           "the pattern is the same: the oracle closes 92%, the local rule 15% on held-out "
-          "solves, and the oracle's P used on the next solve −163%.", ""]
+          "solves, and the oracle's P used on the next solve −163%.", "",
+          "Longer meta-training on `convnet` itself, on a GPU ([`fig4_gpu.md`](fig4_gpu.md): "
+          "up to 240 meta-iterations per configuration, b_mt = 64): training RNN_p alone "
+          "leaves the held-out l_p where it was, and the configurations' l_p differ by the "
+          "states they are scored at and by their RNN_s.", ""]
     return L
 
 
