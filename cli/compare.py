@@ -31,7 +31,8 @@ def _label(hparams):
 @click.option("--grid/--no-grid", default=True, show_default=True,
               help="Tune each hand-crafted optimizer over its MLHF Table 1 grid.")
 @click.option("--hp", "hps", multiple=True, metavar="OPT:NAME=VALUE",
-              help="Fix a hyper-parameter of one optimizer, e.g. adam:lr=0.001 (repeatable).")
+              help="Fix a hyper-parameter of one optimizer, e.g. adam:lr=0.001 (repeatable); "
+                   "the grid tunes the others.")
 @click.option("--meta", "metas", multiple=True, metavar="OPT=FILE",
               help="Meta-parameters of a learned optimizer, e.g. mlhf=mlhf.h5.")
 @click.option("--select", type=click.Choice(["train_loss", "test_acc"]), default="train_loss",
@@ -67,9 +68,11 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
     for name in optimizers:
         own = parse_hparams(fixed.get(name, []))
         points = [{}]
-        if grid and name in OPTIMIZERS:
-            points = [p for p in table1_grid(name, batch_size) if all(p.get(k, v) == v
-                                                                       for k, v in own.items())]
+        if grid and name in OPTIMIZERS:      # the grid with the fixed values put in, once each
+            points = []
+            for p in table1_grid(name, batch_size):
+                if {**p, **own} not in points:
+                    points.append({**p, **own})
         results = []
         for k, point in enumerate(points):
             hparams = {**point, **own}
@@ -81,7 +84,8 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
             run_dir = os.path.join(out, name, f"{k:03d}")
             if os.path.exists(run_dir):
                 shutil.rmtree(run_dir)
-            click.echo(f"{name} [{k + 1}/{len(points)}] {_label(hparams)}", err=True)
+            if obj.get("verbosity", 0) >= 0:
+                click.echo(f"{name} [{k + 1}/{len(points)}] {_label(hparams)}", err=True)
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     summary = Run.create(cfg, run_dir).train()

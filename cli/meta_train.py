@@ -1,6 +1,7 @@
 """``hfmeta meta-train``: meta-train a learned optimizer (MLHF, L2L, SLSTM)."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shlex
@@ -10,7 +11,24 @@ import time
 import click
 import numpy as np
 
+from hfmeta.errors import UserError
+
 from .train import parse_hparams, parse_options
+
+
+def check_known_options(trainer_cls, method, options):
+    """A one-line error for an option the trainer does not take (one that takes ``**options``
+    hands them on to its optimizer, which checks them)."""
+    if "seed" in options:
+        raise UserError("give the seed as `hfmeta --seed N meta-train ...`, not as --opt seed")
+    params = inspect.signature(trainer_cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [name for name in params if name not in ("problem", "batches")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"{method} meta-training: unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(known)}")
 
 
 def _mean(history, key, part):
@@ -59,8 +77,9 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
                 **parse_options(model_opts))
     batches = ds.batches(split, batch_size, seed=obj["seed"], dtype=obj["dtype"],
                          device=obj["device"], augment=ds.default_augment)
-    trainer = get_meta_trainer(method)(Problem(net), batches, seed=obj["seed"],
-                                       **parse_hparams(opts))
+    trainer_cls, options = get_meta_trainer(method), parse_hparams(opts)
+    check_known_options(trainer_cls, method, options)
+    trainer = trainer_cls(Problem(net), batches, seed=obj["seed"], **options)
     if resume:
         trainer.resume_from(out)
     evaluate = getattr(trainer, "evaluate", None)

@@ -30,7 +30,9 @@ returns a :class:`hfmeta.model.Model`.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
+from .checks import COUNT, POSITIVE, SIZES, check_options
 from .errors import UserError
 from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear,  # noqa: F401
                      MaxPool2d, PreActBlock, ReLU, Sequential)
@@ -111,6 +113,16 @@ def resnet18v2(in_shape, classes, width=1.0):
                       False)
 
 
+#: the allowed values of each model's options
+OPTION_RANGES = {
+    "mlp": {"hidden": SIZES},
+    "cnn-small": {"channels": COUNT},
+    "cnn-big": {"channels": replace(SIZES, length=3), "hidden": COUNT},
+    "convnet": {"width": POSITIVE},
+    "resnet-mini": {"width": POSITIVE},
+    "resnet18v2": {"width": POSITIVE},
+}
+
 ZOO = {
     "mlp": mlp,
     "cnn-small": cnn_small,
@@ -130,6 +142,7 @@ def build(name, in_shape, classes, dtype="float32", device="cpu", **options):
         inspect.signature(ZOO[name]).bind(in_shape, classes, **options)
     except TypeError as e:
         raise UserError(f"model {name!r}: bad option ({e})") from None
+    check_options(f"model {name!r}", options, OPTION_RANGES[name])
     try:
         net = ZOO[name](in_shape, classes, **options)
         return Model(net, in_shape, classes, dtype=dtype, device=device, name=name,

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend
+from .checks import COUNT, NATURAL, POSITIVE, check_options, optional
 from .errors import NonFiniteLoss, UserError
 from .problem import Problem
 
@@ -77,20 +78,13 @@ class RunConfig:
 
     def check(self):
         """Raise a :class:`UserError` naming the first count that is not a usable number."""
-        def whole(name, value, least, optional=False):
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UserError(f"{name} must be a whole number >= {least}, got {value!r}")
-        whole("batch_size", self.batch_size, 1)
-        whole("steps", self.steps, 1, optional=True)
-        whole("eval_every", self.eval_every, 1, optional=True)
-        whole("log_every", self.log_every, 1)
-        whole("checkpoint_every", self.checkpoint_every, 1)
-        whole("precise_bn", self.precise_bn, 0)
-        if (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
-                or not 0 < self.epochs < float("inf")):
-            raise UserError(f"epochs must be a positive number, got {self.epochs!r}")
+        check_options(None, dataclasses.asdict(self), RUN_RANGES)
+
+
+RUN_RANGES = {"batch_size": COUNT, "steps": optional(COUNT),
+              "eval_every": optional(COUNT), "log_every": COUNT,
+              "checkpoint_every": COUNT, "precise_bn": NATURAL, "seed": NATURAL,
+              "epochs": POSITIVE}
 
 
 def make_optimizer(name, hparams, meta=None, model=None):
@@ -161,6 +155,9 @@ class Run:
         """The run of ``run_dir`` at its checkpoint, ready to train on (``steps``: a new
         total); log lines written after the checkpoint are dropped."""
         run = cls.open(run_dir, steps=steps)
+        if run.step >= run.total_steps:     # training on would only log a spurious evaluation
+            raise UserError(f"{run_dir} has already taken {run.step} of its {run.total_steps} "
+                            f"steps; resume with --steps above {run.step} to train on")
         run._truncate_metrics()
         return run
 

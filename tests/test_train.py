@@ -183,6 +183,20 @@ def test_resume_of_a_non_run_folder(tmp_path):
     one_line_error(invoke("train", "--resume", str(tmp_path)), 1, "not a run folder")
 
 
+@pytest.mark.parametrize("steps", [[], ["--steps", "2"], ["--steps", "3"]])
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path, steps):
+    """A run at step 3 of 3 (or asked for fewer steps) used to log one more evaluation with a
+    NaN train loss and overwrite summary.json with it."""
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "3", "--out", str(out)).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    one_line_error(invoke("train", "--resume", str(out), *steps), 1,
+                   "has already taken 3 of its", "--steps above 3")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    r = invoke("-q", "train", "--resume", str(out), "--steps", "4")
+    assert r.exit_code == 0 and "4 steps" in r.output and "nan" not in r.output
+
+
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
     assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
@@ -268,7 +282,7 @@ def test_precise_bn_changes_the_evaluation_not_the_training(tmp_path):
     last_plain, last = plain[-1], precise[-1]
     assert (last["running_test_loss"], last["running_test_acc"]) == \
         (last_plain["test_loss"], last_plain["test_acc"])
-    run = Run.resume(str(tmp_path / "precise"))
+    run = Run.open(str(tmp_path / "precise"))
     x, y = run.test
     batches = [run.dataset.batches("train", 16, seed=3, augment=False).batch_at(k)
                for k in range(3)]

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend
+from ..checks import (COUNT, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range, check_options,
+                      optional)
 from ..errors import UserError
 from ..optim.base import Optimizer
 from .bank import LSTMBank
@@ -48,6 +50,7 @@ class L2L(Optimizer):
 
     name = "l2l"
     defaults = {"p": 10.0, "scale": 0.1, "hidden": (20, 20), "seed": 0}
+    ranges = {"p": POSITIVE, "scale": POSITIVE, "hidden": SIZES, "seed": NATURAL}
     per_layer = False
     #: hyper-parameters taken from the meta-parameter file (the LSTMs were trained with them)
     meta_keys = ("p", "scale", "hidden")
@@ -153,8 +156,12 @@ class MetaTrainer:
     optimizer_cls = L2L
     defaults = {"T": 20, "meta_lr": 1e-3, "l2": 0.0, "max_grad_norm": 1.0, "reset_prob": 0.2,
                 "buffer": 200, "store_every": 10, "seed": 0}
+    ranges = {"T": COUNT, "meta_lr": NONNEGATIVE, "l2": NONNEGATIVE,
+              "max_grad_norm": optional(NONNEGATIVE), "reset_prob": Range(0, 1), "buffer": NATURAL,
+              "store_every": COUNT, "seed": NATURAL}
 
     def __init__(self, problem, batches, **options):
+        check_options(f"{self.optimizer_cls.name} meta-training", options, self.ranges)
         self.options = {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
         hparams = {k: v for k, v in options.items() if k not in self.defaults}
         self.problem, self.batches = problem, iter(batches)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
+from ..checks import COUNT, POSITIVE, Range, optional
 from ..errors import UserError
 from ..optim.base import Optimizer
 from ..optim.hf import curvature_linearization
@@ -322,15 +323,12 @@ class MLHF(Optimizer):
     name = "mlhf"
     defaults = {"lr": "auto", "n": None, "curvature_batch": None, "clip": None,
                 "restart": None}
+    ranges = {"lr": Range(0, low_open=True, also=("auto",)), "n": optional(COUNT),
+              "curvature_batch": optional(COUNT), "clip": optional(POSITIVE)}
 
     def __init__(self, nets: MLHFNets, theta, model=None, **hparams):
         super().__init__(**hparams)
         self.nets, self.theta = nets, theta
-        clip = self.hparams["clip"]
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                                 or not clip > 0):
-            raise UserError(f"mlhf: clip={clip!r}: give a positive number (the largest step "
-                            f"as a fraction of ‖w‖) or leave it out")
         check_restart(self.hparams["restart"], "mlhf")
         if self.hparams["n"] is not None:
             nets.n = int(self.hparams["n"])

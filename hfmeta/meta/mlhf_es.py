@@ -121,16 +121,12 @@ class WholeRunES:
     """The ES meta-gradient of :class:`hfmeta.meta.mlhf_train.MetaTrainer` with
     ``objective="es"``: ``pairs`` antithetic pairs of ``steps``-step runs per
     meta-iteration, perturbation ``sigma``, loss cap ``cap``, ``workers``
-    processes."""
+    processes (checked by the trainer, :data:`hfmeta.meta.mlhf_train.TRAINER_RANGES`)."""
 
     def __init__(self, trainer, pairs=8, sigma=0.1, steps=120, cap=10.0, workers=1):
         self.trainer = trainer
         self.pairs, self.sigma, self.steps = int(pairs), float(sigma), int(steps)
         self.cap, self.workers = float(cap), int(workers)
-        if self.pairs < 1 or self.steps < 1 or not self.sigma > 0 or not self.cap > 0:
-            raise UserError("es: es_pairs and es_steps must be ≥ 1, es_sigma and es_cap > 0")
-        if self.workers < 1:
-            raise UserError(f"workers={workers}: give a positive number of processes")
         if self.workers > 1 and trainer.problem.model.device != "cpu":
             raise UserError("workers > 1 forks processes, which the GPU does not allow; "
                             "use workers=1 with --device gpu")

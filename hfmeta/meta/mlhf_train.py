@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backend
+from ..checks import (COUNT, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range, check_options,
+                      optional)
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
@@ -226,6 +228,15 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     return UnrollResult(l_s, l_p, grad, w, d_prev, r_prev, rec, stats)
 
 
+#: the allowed values of MetaTrainer's numeric options (clip 0: no clipping)
+TRAINER_RANGES = {"T": COUNT, "n": COUNT, "hidden": SIZES, "meta_lr": NONNEGATIVE,
+                  "l2": NONNEGATIVE, "max_grad_norm": optional(NONNEGATIVE),
+                  "reset_prob": Range(0, 1), "buffer": NATURAL, "store_every": COUNT,
+                  "clip": optional(NONNEGATIVE),
+                  "es_pairs": COUNT, "es_sigma": POSITIVE, "es_steps": COUNT,
+                  "es_cap": POSITIVE, "workers": COUNT, "seed": NATURAL}
+
+
 class MetaTrainer:
     """Meta-train RNN_s and RNN_p on a stream of meta-training batches.
 
@@ -272,6 +283,11 @@ class MetaTrainer:
                  objective="paper", restart=None, loss_input=False, es_pairs=8, es_sigma=0.1,
                  es_steps=120, es_params="out", es_cap=10.0, workers=1, init_damping=None,
                  seed=0):
+        check_options("mlhf meta-training", dict(
+            T=T, n=n, hidden=hidden, meta_lr=meta_lr, l2=l2, max_grad_norm=max_grad_norm,
+            reset_prob=reset_prob, buffer=buffer, store_every=store_every, clip=clip,
+            es_pairs=es_pairs, es_sigma=es_sigma, es_steps=es_steps, es_cap=es_cap,
+            workers=workers, seed=seed), TRAINER_RANGES)
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype

@@ -51,6 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ..checks import COUNT, NONNEGATIVE, optional
 from ..errors import UserError
 from ..optim.sou import DIAGONALS
 from . import l2l
@@ -71,6 +72,8 @@ class SLSTM(l2l.L2L):
     name = "slstm"
     defaults = {**l2l.L2L.defaults, "diagonal": "becker-lecun", "samples": 1,
                 "joint": False, "T": 20, "meta_lr": 1e-3, "max_grad_norm": 1.0}
+    ranges = {**l2l.L2L.ranges, "samples": COUNT, "T": COUNT, "meta_lr": NONNEGATIVE,
+              "max_grad_norm": optional(NONNEGATIVE)}
     per_layer = True
     meta_keys = l2l.L2L.meta_keys + ("diagonal", "samples")
 
@@ -79,8 +82,6 @@ class SLSTM(l2l.L2L):
         if self.diagonal not in DIAGONALS:
             raise UserError(f"slstm: unknown diagonal {self.diagonal!r}; "
                             f"choose one of {', '.join(DIAGONALS)}")
-        if int(self.T) < 1:
-            raise UserError(f"slstm: the unroll length T must be at least 1, got {self.T}")
 
     def preprocessors(self):
         return [LogSign(self.p), Log(self.p)]

@@ -13,6 +13,7 @@ State: ``m``, ``v`` (like w), ``t``.
 from __future__ import annotations
 
 from .. import backend
+from ..checks import FRACTION, POSITIVE
 from .base import Optimizer
 
 
@@ -21,6 +22,7 @@ class Adam(Optimizer):
 
     name = "adam"
     defaults = {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    ranges = {"lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION, "eps": POSITIVE}
 
     def init(self, w):
         return {"t": 0, "m": w * 0, "v": w * 0}

@@ -32,24 +32,28 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ..checks import check_options
 from ..errors import UserError
 
 
 class Optimizer:
     """Base class: hyper-parameters, the flat state dict, the gradient call.
 
-    Subclasses set ``name`` and ``defaults`` (every hyper-parameter with its
-    default value) and implement :meth:`init` and :meth:`step`.
+    Subclasses set ``name``, ``defaults`` (every hyper-parameter with its
+    default value) and ``ranges`` (the allowed values of the numeric ones, as
+    :class:`hfmeta.checks.Range`), and implement :meth:`init` and :meth:`step`.
     """
 
     name: str = "optimizer"
     defaults: dict = {}
+    ranges: dict = {}
 
     def __init__(self, **hparams):
         unknown = sorted(set(hparams) - set(self.defaults))
         if unknown:
             raise UserError(f"{self.name}: unknown hyper-parameter(s) {', '.join(unknown)}; "
                              f"known: {', '.join(self.defaults) or 'none'}")
+        check_options(self.name, hparams, self.ranges)
         self.hparams = {**self.defaults, **hparams}
 
     def __getattr__(self, key):

@@ -26,6 +26,7 @@ reacts.  State: ``d`` (the previous solution), ``damping`` (λ), ``t``.
 from __future__ import annotations
 
 from .. import backend
+from ..checks import COUNT, NONNEGATIVE, POSITIVE, Range, optional
 from ..pcg import pcg
 from .base import Optimizer
 
@@ -67,6 +68,8 @@ class HF(Optimizer):
     # damping 0.1 diverges there within 15 steps)
     defaults = {"lr": 0.1, "damping": 1.0, "cg_iters": 20, "cg_eps": 1e-5,
                 "momentum": 0.0, "curvature_batch": None}
+    ranges = {"lr": POSITIVE, "damping": NONNEGATIVE, "cg_iters": COUNT, "cg_eps": NONNEGATIVE,
+              "momentum": Range(0, 1), "curvature_batch": optional(COUNT)}
 
     def init(self, w):
         return {"t": 0, "d": w * 0, "damping": float(self.damping)}
@@ -102,6 +105,8 @@ class HFLM(HF):
     # cnn-small/mnist5k diverges at step 83
     defaults = {**HF.defaults, "damping": 1.0, "decay": 0.99,
                 "damping_min": 1e-3, "damping_max": 1.0}
+    ranges = {**HF.ranges, "decay": Range(0, 1, low_open=True), "damping_min": NONNEGATIVE,
+              "damping_max": POSITIVE}
 
     def step(self, problem, w, state, batch):
         xp = backend.get_array_module(w)

@@ -39,6 +39,7 @@ import contextlib
 import numpy as np
 
 from .. import backend
+from ..checks import COUNT, FRACTION, NATURAL, POSITIVE, optional
 from ..layers.linear import Linear
 from .base import Optimizer
 
@@ -149,6 +150,9 @@ class KFAC(Optimizer):
     # damping 0.1: with 0.01 the cnn-small/mnist5k training loss spikes (window mean 3.5)
     defaults = {"lr": 0.01, "damping": 0.1, "cov_ema_decay": 0.95, "inverse_every": 20,
                 "momentum": 0.9, "norm_constraint": None, "seed": 0}
+    ranges = {"lr": POSITIVE, "damping": POSITIVE, "cov_ema_decay": FRACTION,
+              "inverse_every": COUNT, "momentum": FRACTION,
+              "norm_constraint": optional(POSITIVE), "seed": NATURAL}
 
     def init(self, w):
         return {"t": 0, "v": w * 0}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from ..checks import COUNT, NONNEGATIVE, OPEN_FRACTION, POSITIVE, Range, optional
 from .base import Optimizer
 from .hf import curvature_linearization, levenberg_marquardt
 
@@ -111,6 +112,10 @@ class MartensHF(Optimizer):
     defaults = {"damping": 1.0, "warm_start": 0.95, "cg_max_iters": 250, "cg_eps": 5e-4,
                 "lm_decay": 2 / 3, "armijo_c": 1e-2, "armijo_shrink": 0.8,
                 "armijo_tries": 60, "curvature_batch": None}
+    ranges = {"damping": POSITIVE, "warm_start": Range(0, 1), "cg_max_iters": COUNT,
+              "cg_eps": NONNEGATIVE, "lm_decay": OPEN_FRACTION, "armijo_c": OPEN_FRACTION,
+              "armijo_shrink": OPEN_FRACTION, "armijo_tries": COUNT,
+              "curvature_batch": optional(COUNT)}
 
     def init(self, w):
         return {"t": 0, "x": w * 0, "damping": float(self.damping)}

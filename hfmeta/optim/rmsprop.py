@@ -13,6 +13,7 @@ State: ``ms`` (like w), ``t``.
 from __future__ import annotations
 
 from .. import backend
+from ..checks import FRACTION, NONNEGATIVE, POSITIVE
 from .base import Optimizer
 
 
@@ -21,6 +22,7 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     defaults = {"lr": 0.001, "decay": 0.9, "eps": 1e-10, "ms_init": 0.0}
+    ranges = {"lr": POSITIVE, "decay": FRACTION, "eps": POSITIVE, "ms_init": NONNEGATIVE}
 
     def init(self, w):
         return {"t": 0, "ms": w * 0 + self.ms_init}

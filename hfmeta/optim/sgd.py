@@ -10,6 +10,7 @@ is plain SGD.  State: ``v`` (like w), ``t``.
 """
 from __future__ import annotations
 
+from ..checks import FRACTION, POSITIVE
 from .base import Optimizer
 
 
@@ -18,6 +19,7 @@ class SGD(Optimizer):
 
     name = "sgd"
     defaults = {"lr": 0.01, "momentum": 0.9}
+    ranges = {"lr": POSITIVE, "momentum": FRACTION}
 
     def init(self, w):
         return {"t": 0, "v": w * 0}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import diagonal
+from ..checks import COUNT, NATURAL, NONNEGATIVE, POSITIVE
 from ..errors import UserError
 from .base import Optimizer
 
@@ -45,6 +46,7 @@ class SOU(Optimizer):
     name = "sou"
     # lr 0.01, μ 1: with lr 0.1, μ 1e-3 the step g/(|h| + μ) diverges within 10 steps
     defaults = {"lr": 0.01, "mu": 1.0, "diagonal": "becker-lecun", "samples": 1, "seed": 0}
+    ranges = {"lr": POSITIVE, "mu": NONNEGATIVE, "samples": COUNT, "seed": NATURAL}
 
     def __init__(self, **hparams):
         super().__init__(**hparams)

@@ -1,0 +1,130 @@
+"""hfmeta.checks.Range, and the ranges written beside every option's default."""
+import inspect
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hfmeta.checks import (COUNT, FRACTION, NATURAL, POSITIVE, SIZES, Range, check_options,
+                           optional)
+from hfmeta.cli import cli
+from hfmeta.errors import UserError
+from hfmeta.meta.registry import LEARNED, _load
+from hfmeta.models import OPTION_RANGES, ZOO
+from hfmeta.optim import OPTIMIZERS
+
+
+@pytest.mark.parametrize("allowed, good, bad", [
+    (POSITIVE, [1e-9, 3, 2.5], [0, -1, "abc", True, None, float("nan"), float("inf"), [1]]),
+    (FRACTION, [0, 0.5, 0.999], [1, 1.0, -0.1]),
+    (COUNT, [1, 20], [0, -3, 2.0, 1.5, False]),
+    (NATURAL, [0, 7], [-1, 0.0]),
+    (optional(COUNT), [None, 4], [0]),
+    (SIZES, [(4, 4), [16]], [4, (), (4, 0), (4, 2.5)]),
+    (Range(1, whole=True, each=True, length=3), [(16, 32, 64)], [(16, 32)]),
+    (Range(0, low_open=True, also=("auto",)), ["auto", 0.5], ["Auto", 0]),
+])
+def test_range_admits_what_it_says(allowed, good, bad):
+    assert all(allowed.admits(v) for v in good)
+    assert not any(allowed.admits(v) for v in bad)
+
+
+def test_the_error_names_owner_option_range_and_value():
+    with pytest.raises(UserError, match=r"^sgd: lr must be a number > 0, got 'abc'$"):
+        check_options("sgd", {"lr": "abc", "other": -1}, {"lr": POSITIVE})
+    with pytest.raises(UserError, match=r"^momentum must be a number in \[0, 1\), got 1$"):
+        check_options(None, {"momentum": 1}, {"momentum": FRACTION})
+    with pytest.raises(UserError, match=r"a list of 3 whole numbers >= 1, got \(1, 2\)"):
+        Range(1, whole=True, each=True, length=3).check("m", "channels", (1, 2))
+    check_options("sgd", {"other": -1}, {"lr": POSITIVE})     # options not named: not checked
+
+
+def _learned_classes():
+    return [_load(name, "optimizer") for name in LEARNED]
+
+
+@pytest.mark.parametrize("cls", list(OPTIMIZERS.values()) + _learned_classes(),
+                         ids=lambda c: c.name)
+def test_every_optimizer_s_defaults_are_in_its_ranges(cls):
+    """Each range names a hyper-parameter the optimizer has, and admits its default; every
+    numeric hyper-parameter has a range."""
+    assert set(cls.ranges) <= set(cls.defaults)
+    check_options(cls.name, cls.defaults, cls.ranges)
+    numeric = {k for k, v in cls.defaults.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numeric <= set(cls.ranges), numeric - set(cls.ranges)
+
+
+def test_the_mlhf_trainer_s_defaults_are_in_its_ranges():
+    from hfmeta.meta.mlhf_train import TRAINER_RANGES, MetaTrainer
+    params = inspect.signature(MetaTrainer).parameters
+    assert set(TRAINER_RANGES) <= set(params)
+    check_options("mlhf meta-training", {k: params[k].default for k in TRAINER_RANGES},
+                  TRAINER_RANGES)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_model_s_option_defaults_are_in_its_ranges(name):
+    params = inspect.signature(ZOO[name]).parameters
+    options = [k for k in params if k not in ("in_shape", "classes")]
+    assert set(OPTION_RANGES[name]) == set(options)
+    check_options(name, {k: params[k].default for k in options}, OPTION_RANGES[name])
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line(result, *fragments):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("hfmeta: error: ")
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--hp", "lr=abc"], "adam: lr must be a number > 0, got 'abc'"),     # was a NumPy traceback
+    (["--hp", "beta1=1.5"], "adam: beta1 must be a number in [0, 1)"),
+    (["-o", "mlhf", "--hp", "n=0"], "mlhf: n must be a whole number >= 1"),
+    (["-o", "kfac", "--hp", "damping=0"], "kfac: damping must be a number > 0"),
+    (["--model", "cnn-small", "--model-opt", "channels=0"], "channels must be a whole number"),
+    (["--model", "mlp", "--model-opt", "hidden=[0]"], "hidden must be a list of whole numbers"),
+    (["--model", "convnet", "--model-opt", "width=0"], "width must be a number > 0"),
+    (["--model", "cnn-big", "--model-opt", "channels=[4,8]"], "a list of 3 whole numbers"),
+])
+def test_train_refuses_bad_options_in_one_line_and_writes_nothing(tmp_path, args, fragment):
+    r = invoke("-q", "train", "--model", "mlp", "-o", "adam", "--steps", "1", *args,
+               "--out", str(tmp_path / "run"))
+    one_line(r, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--opt", "bogus=1"], "mlhf meta-training: unknown option(s) bogus; known: T, n,"),
+    (["--opt", "T=0"], "mlhf meta-training: T must be a whole number >= 1"),
+    (["--opt", "hidden=0"], "mlhf meta-training: hidden must be a list"),
+    (["--opt", "store_every=0"], "store_every must be a whole number >= 1"),  # was a traceback
+    (["--opt", "seed=3"], "hfmeta --seed N meta-train"),
+    (["-m", "slstm", "--opt", "T=0"], "slstm meta-training: T must be"),      # was a traceback
+    (["-m", "l2l", "--opt", "reset_prob=2"], "l2l meta-training: reset_prob must be"),
+])
+def test_meta_train_refuses_bad_options_in_one_line(tmp_path, args, fragment):
+    r = invoke("-q", "meta-train", "--model", "cnn-small", "--model-opt", "channels=2",
+               "-b", "8", "-n", "1", *args, "--out", str(tmp_path / "m.h5"))
+    one_line(r, fragment)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_compare_tunes_the_rest_of_the_grid_around_a_fixed_value_off_the_grid(tmp_path):
+    """sgd:momentum=0.5 is not on Table 1's grid: the three learning rates are tried with it
+    (it used to leave no grid point and end in a one-line 'min() arg is an empty sequence')."""
+    out = tmp_path / "cmp"
+    r = invoke("-q", "compare", "sgd", "--model", "mlp", "--model-opt", "hidden=[8]",
+               "--steps", "2", "--batch-size", "16", "--hp", "sgd:momentum=0.5",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    row, = json.loads((out / "compare.json").read_text())
+    assert row["grid_points"] == 3 and row["hparams"]["momentum"] == 0.5
+    one_line(invoke("-q", "compare", "sgd", "--steps", "2", "--hp", "sgd:lr=-1",
+                    "--out", str(tmp_path / "bad")), "sgd: lr must be a number > 0")
