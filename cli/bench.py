@@ -5,13 +5,14 @@ import json
 
 import click
 
+from .params import InShape, in_existing_folder
 from .train import parse_options
 
 
 @click.command("bench")
 @click.option("--model", default="convnet", show_default=True)
 @click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
-@click.option("--in-shape", default="3,32,32", show_default=True, help="c,h,w")
+@click.option("--in-shape", type=InShape(), default="3,32,32", show_default=True, help="c,h,w")
 @click.option("--classes", default=10, show_default=True, type=click.IntRange(min=2))
 @click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--items", default="fwdbwd,gvp,pcg,sgd,adam,kfac,mlhf,mlhf-q", show_default=True,
@@ -29,7 +30,8 @@ from .train import parse_options
 @click.option("--warm-up", "warm_seconds", type=click.FloatRange(min=0), default=None,
               metavar="SECONDS", help="Untimed round-robin work before timing, so that a GPU's "
               "clock has ramped up  [default: 3 on the GPU, 0 on the CPU].")
-@click.option("--json", "json_out", default=None, help="Also write the results to this file.")
+@click.option("--json", "json_out", default=None, callback=in_existing_folder,
+              help="Also write the results to this file.")
 @click.pass_context
 def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeats, unroll_T,
             unroll_batch, compare_torch, clock, warm_seconds, json_out):
@@ -47,8 +49,7 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
         raise click.BadParameter(f"unknown item(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(known)}", param_hint="--items")
     quiet = ctx.obj.get("verbosity", 0) < 0
-    shape = tuple(int(s) for s in in_shape.split(","))
-    net, results = bench.run(model, shape, classes, batch_size, ctx.obj["dtype"],
+    net, results = bench.run(model, in_shape, classes, batch_size, ctx.obj["dtype"],
                              ctx.obj["device"], chosen, repeats, unroll_T, unroll_batch,
                              parse_options(model_opts),
                              progress=None if quiet else

@@ -5,13 +5,16 @@ import platform
 
 import click
 
+from .params import InShape
+
 
 @click.command("info")
 @click.option("--model", "model_name", default=None, help="Also print this zoo model's parameter layout.")
-@click.option("--in-shape", default="3,32,32", show_default=True, help="Input shape c,h,w for --model.")
+@click.option("--in-shape", "shape", type=InShape(), default="3,32,32", show_default=True,
+              help="Input shape c,h,w for --model.")
 @click.option("--classes", default=10, show_default=True, type=click.IntRange(min=2))
 @click.pass_context
-def command(ctx, model_name, in_shape, classes):
+def command(ctx, model_name, shape, classes):
     """Print versions, the array backend and device, and the zoo's parameter counts."""
     from importlib.metadata import version
 
@@ -32,7 +35,6 @@ def command(ctx, model_name, in_shape, classes):
     cfg = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
     blas = cfg.get("Build Dependencies", {}).get("blas", {}).get("name", "?") if isinstance(cfg, dict) else "?"
     click.echo(f"device: {ctx.obj['device']}  dtype: {ctx.obj['dtype']}  BLAS: {blas}")
-    shape = tuple(int(s) for s in in_shape.split(","))
     if model_name:
         model = build(model_name, shape, classes, dtype=ctx.obj["dtype"])
         click.echo(model.layout.describe())

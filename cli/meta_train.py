@@ -13,6 +13,7 @@ import numpy as np
 
 from hfmeta.errors import UserError
 
+from .params import in_existing_folder
 from .train import parse_hparams, parse_options
 
 
@@ -50,7 +51,8 @@ def _mean(history, key, part):
               help="Meta-iterations (unrolls).")
 @click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE",
               help="Meta-trainer option, e.g. T=10, n=4, use_rnn_p=false, meta_lr=0.001.")
-@click.option("--out", required=True, help="Meta-parameter file (.h5) to write.")
+@click.option("--out", required=True, callback=in_existing_folder,
+              help="Meta-parameter file (.h5) to write.")
 @click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
 @click.option("--save-every", default=10, show_default=True, type=click.IntRange(min=1),
               help="Meta-iterations between saves.")

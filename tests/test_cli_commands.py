@@ -104,6 +104,19 @@ def test_bad_counts_elsewhere_are_refused_by_click(args):
     assert r.exit_code == 2 and "Invalid value" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("args", [
+    ["bench", "--in-shape", "3,32"], ["bench", "--in-shape", "a,b,c"],
+    ["info", "--model", "mlp", "--in-shape", "1,0,28"],
+    ["bench", "--items", "sgd", "--json", "{missing}/b.json"],
+    ["meta-train", "--out", "{missing}/m.h5"], ["plot", ".", "-o", "{missing}/p.png"]])
+def test_bad_shapes_and_output_folders_are_refused_before_any_work(tmp_path, args):
+    """An output file in a folder that does not exist is refused at once (meta-train used to
+    fail only at its first write, after the held-out evaluation)."""
+    r = invoke(*[a.format(missing=tmp_path / "missing") for a in args])
+    assert r.exit_code == 2 and "Invalid value" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "missing").exists()
+
+
 def test_meta_train_command_with_evolution_strategies(tmp_path):
     """``--opt objective=es``: whole runs in two forked workers; the log has the ES
     columns, the summary the ES score, the file the objective; bad options are one line."""
