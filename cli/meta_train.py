@@ -54,6 +54,7 @@ def _mean(history, key, part):
 @click.option("--out", required=True, callback=in_existing_folder,
               help="Meta-parameter file (.h5) to write.")
 @click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
+@click.option("--force", is_flag=True, help="Overwrite --out (and its log) if it exists.")
 @click.option("--save-every", default=10, show_default=True, type=click.IntRange(min=1),
               help="Meta-iterations between saves.")
 @click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
@@ -62,7 +63,7 @@ def _mean(history, key, part):
                    "written at once).")
 @click.pass_context
 def command(ctx, method, model, model_opts, data, split, batch_size, iterations, opts, out,
-            resume, save_every, eval_every):
+            resume, force, save_every, eval_every):
     """Meta-train a learned optimizer; writes meta-parameters (HDF5) and a log (.jsonl).
 
     Example (the paper's objective, as the shipped mlhf_paper.h5 was made):
@@ -74,6 +75,9 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     from hfmeta.problem import Problem
 
     obj = ctx.obj
+    if os.path.exists(out) and not (resume or force):
+        raise UserError(f"{out} already exists; use --resume to continue from it or --force "
+                        f"to overwrite it")
     ds = open_dataset(data)
     net = build(model, ds.image_shape, ds.classes, dtype=obj["dtype"], device=obj["device"],
                 **parse_options(model_opts))

@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-fig4-gpu}
 limit=${1:-420}
 mkdir -p "$out" /tmp/fig4
+rm -f /tmp/fig4/*.h5             # meta-train does not overwrite a file it did not make
 PY=$(command -v python3 || command -v python)
 python_path_ok=$("$PY" -c "import hfmeta.cli" 2>/dev/null && echo yes)
 if [ -z "$python_path_ok" ]; then

@@ -88,6 +88,9 @@ class Runner:
             self.ran = self.ran or bool(outputs)       # a plot (no outputs) is not a run
             if fresh and os.path.isdir(os.path.join(ROOT, fresh)):
                 shutil.rmtree(os.path.join(ROOT, fresh))
+            for path in outputs:       # a run starts afresh (meta-train refuses to overwrite)
+                if os.path.isfile(path):
+                    os.remove(path)
             log = os.path.join(self.log_dir, f"{len(os.listdir(self.log_dir)):04d}.log")
             t0 = time.perf_counter()
             with open(log, "w") as f:

@@ -84,6 +84,22 @@ def test_meta_train_command_tiny(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_meta_train_does_not_overwrite_without_force(tmp_path):
+    """An existing --out is refused (its meta-parameters and log stay byte for byte) unless
+    --resume continues from it or --force overwrites it."""
+    out = tmp_path / "m.h5"
+    args = ["-q", "meta-train", "--model", "cnn-small", "--model-opt", "channels=2", "-b", "8",
+            "-n", "1", "--opt", "T=2", "--out", str(out)]
+    assert invoke(*args).exit_code == 0
+    before = out.read_bytes(), (tmp_path / "m.jsonl").read_bytes()
+    r = invoke(*args)
+    assert r.exit_code == 1 and "already exists; use --resume" in r.output
+    assert (out.read_bytes(), (tmp_path / "m.jsonl").read_bytes()) == before
+    assert invoke(*args, "-n", "2", "--force").exit_code == 0    # a fresh run of 2 iterations
+    log = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in log if "iteration" in x] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("args", [["--iterations", "0"], ["--iterations", "-1"],
                                   ["--save-every", "0"], ["--eval-every", "-1"],
                                   ["--batch-size", "0"]])
