@@ -70,9 +70,10 @@ def format_summary(s):
 @click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--epochs", default=3.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="Epochs over the training split.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Number of steps (overrides --epochs).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between test evaluations "
-              "[default: one epoch].")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Number of steps (overrides --epochs).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="Steps between test evaluations [default: one epoch].")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--augment/--no-augment", default=None, help="Crop+flip [default: dataset's].")
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),

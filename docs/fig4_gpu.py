@@ -98,8 +98,8 @@ def main():
               f"{befores['config2'][0]['l_p']:.4f}: each configuration's recorded unrolls visit "
               "their own states, and l_p ≈ −sqrt(gᵀA⁻¹g) grows with the gradient. The means "
               "along meta-training are likewise at each run's own states (lowest: "
-              f"{CONFIGS[min(means, key=means.get)]}). So where (4) is near or below (1) here, that "
-              "is not RNN_p's doing; docs/mlhf_probe_convnet.md compares preconditioners at "
+              f"{CONFIGS[min(means, key=means.get)]}). So where (4) is near or below (1) "
+              "here, that is not RNN_p's doing; docs/mlhf_probe_convnet.md compares preconditioners at "
               "the same solves.",
               f"- ‖r_n‖: the largest held-out value with n = 20 ({res20:.4f}) is "
               f"{res4 / res20:.0f} times below the smallest with n = 4 ({res4:.4f}), as in "
