@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -115,8 +116,17 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
                 log.flush()
             if stats["iteration"] % save_every == 0:
                 trainer.save(out, command=command_line, model_name=model)
-        trainer.run(iterations, on_iteration)
+        # Ctrl-C ends the meta-iteration under way, saves and exits (as `hfmeta train` does)
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        try:
+            trainer.run(iterations, on_iteration, should_stop=lambda: bool(interrupted))
+        finally:
+            signal.signal(signal.SIGINT, previous)
     trainer.save(out, command=command_line, model_name=model)
+    if interrupted:
+        raise UserError(f"interrupted after meta-iteration {trainer.iteration}; meta-parameters "
+                        f"saved in {out}; continue with --resume", exit_code=130)
     wall = time.perf_counter() - t0
     after = evaluate() if evaluate else None
     k = max(1, min(10, len(history) // 4))

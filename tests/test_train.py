@@ -137,6 +137,34 @@ def test_sigint_saves_and_exits_cleanly(tmp_path):
     assert load_checkpoint(out / "checkpoint.h5")["step"] > 0
 
 
+def test_sigint_stops_meta_training_after_a_whole_meta_iteration_and_saves(tmp_path):
+    """Ctrl-C in `meta-train`: the meta-iteration under way ends, the meta-parameters of the
+    last logged iteration are saved, exit 130 with one line; --resume goes on from there."""
+    from hfmeta.meta.mlhf import MLHFNets
+
+    out = tmp_path / "m.h5"
+    args = ["meta-train", "--model", "cnn-small", "--model-opt", "channels=2", "-b", "8",
+            "--opt", "T=2", "--save-every", "1000", "--out", str(out)]
+    proc = subprocess.Popen(_hfmeta(*args, "-n", "100000"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "m.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("hfmeta: error: interrupted after "
+                                                   "meta-iteration")
+    last = max(json.loads(x)["iteration"] for x in log.read_text().splitlines())
+    assert last >= 5 and f"meta-iteration {last};" in err
+    assert MLHFNets.load(str(out))[3]["iteration"] == last     # saved at the last iteration
+    r = invoke("-q", *args, "-n", "1", "--resume")
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["iteration"] for x in lines[-3:-1]] == [last, last + 1]   # validation, step
+
+
 def test_unknown_model_optimizer_dataset(tmp_path):
     one_line_error(invoke("train", "--model", "nope", "--out", str(tmp_path / "a")), 1,
                    "unknown model 'nope'")

@@ -179,12 +179,15 @@ class MetaTrainer:
         self.iteration, self.wall, self.observed, self.b_mt = 0, 0.0, 0, None
 
     # -- one meta-iteration ----------------------------------------------------------
-    def run(self, iterations, on_iteration=None):
-        """Run ``iterations`` meta-iterations; returns one dict per iteration
-        (``meta_loss``, ``grad_norm`` before clipping, ``first_loss``/``last_loss``
-        of the unroll, ``reset``, ``seconds``, cumulative ``wall``)."""
+    def run(self, iterations, on_iteration=None, should_stop=None):
+        """Run ``iterations`` meta-iterations, fewer if ``should_stop()`` turns true (asked
+        after each); returns one dict per iteration (``meta_loss``, ``grad_norm`` before
+        clipping, ``first_loss``/``last_loss`` of the unroll, ``reset``, ``seconds``,
+        cumulative ``wall``)."""
         records = []
         for _ in range(int(iterations)):
+            if should_stop and should_stop():
+                break
             start = time.perf_counter()
             reset = self._maybe_reset()
             rec = self._unroll()

@@ -467,9 +467,13 @@ class MetaTrainer:
                 out[key].append(value)
         return {key: float(np.mean(v)) for key, v in out.items()}
 
-    def run(self, iterations, on_iteration=None):
+    def run(self, iterations, on_iteration=None, should_stop=None):
+        """Run ``iterations`` meta-iterations, fewer if ``should_stop()`` turns true (asked
+        before each); ``on_iteration(stats)`` after each.  Returns the stats."""
         history = []
         for _ in range(int(iterations)):
+            if should_stop and should_stop():
+                break
             stats = self.meta_step()
             history.append(stats)
             if on_iteration:
