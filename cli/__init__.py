@@ -48,7 +48,7 @@ COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "
               help="NumPy on the CPU or CuPy on the GPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Floating-point type of weights and activations.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", metavar="N", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for init, shuffling, sampling.")
 @click.option("-v", "--verbose", count=True, help="More output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final summary and errors.")

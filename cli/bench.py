@@ -13,15 +13,18 @@ from .train import parse_options
 @click.option("--model", default="convnet", show_default=True)
 @click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
 @click.option("--in-shape", type=InShape(), default="3,32,32", show_default=True, help="c,h,w")
-@click.option("--classes", default=10, show_default=True, type=click.IntRange(min=2))
-@click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--classes", default=10, show_default=True, metavar="N", type=click.IntRange(min=2))
+@click.option("--batch-size", "-b", default=128, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
 @click.option("--items", default="fwdbwd,gvp,pcg,sgd,adam,kfac,mlhf,mlhf-q", show_default=True,
               help="Comma-separated: fwdbwd, gvp, pcg, any optimizer (sgd, rmsprop, adam, "
                    "hf-fixed, hf-lm, martens-hf, kfac, sou, mlhf, l2l, slstm), mlhf-q, unroll; "
                    "or 'all'.")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--unroll-T", "unroll_T", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--unroll-batch", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=5, show_default=True, metavar="N", type=click.IntRange(min=1))
+@click.option("--unroll-T", "unroll_T", default=10, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
+@click.option("--unroll-batch", default=64, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
 @click.option("--compare-torch", is_flag=True,
               help="Also time the same net and weights in PyTorch (installed separately).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,

@@ -23,11 +23,12 @@ def _label(hparams):
 @click.option("--data", default="mnist5k", show_default=True)
 @click.option("--split", type=click.Choice(["train", "target", "meta"]), default="target",
               show_default=True, help="Training split (the MLHF paper trains on the last 2/5).")
-@click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "-b", default=128, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
 @click.option("--epochs", default=1.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True))
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--eval-every", type=click.IntRange(min=1), default=None)
+              metavar="X", type=click.FloatRange(min=0, min_open=True))
+@click.option("--steps", metavar="N", type=click.IntRange(min=1), default=None)
+@click.option("--eval-every", metavar="N", type=click.IntRange(min=1), default=None)
 @click.option("--grid/--no-grid", default=True, show_default=True,
               help="Tune each hand-crafted optimizer over its MLHF Table 1 grid.")
 @click.option("--hp", "hps", multiple=True, metavar="OPT:NAME=VALUE",

@@ -12,7 +12,7 @@ from .params import InShape
 @click.option("--model", "model_name", default=None, help="Also print this zoo model's parameter layout.")
 @click.option("--in-shape", "shape", type=InShape(), default="3,32,32", show_default=True,
               help="Input shape c,h,w for --model.")
-@click.option("--classes", default=10, show_default=True, type=click.IntRange(min=2))
+@click.option("--classes", default=10, show_default=True, metavar="N", type=click.IntRange(min=2))
 @click.pass_context
 def command(ctx, model_name, shape, classes):
     """Print versions, the array backend and device, and the zoo's parameter counts."""

@@ -46,9 +46,11 @@ def _mean(history, key, part):
 @click.option("--data", default="mnist5k", show_default=True)
 @click.option("--split", type=click.Choice(["meta", "train"]), default="meta", show_default=True,
               help="The paper meta-trains on the first 3/5 of the training set.")
-@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch-size", "-b", default=64, show_default=True,
+              metavar="N", type=click.IntRange(min=1),
               help="b_mt.")
-@click.option("--iterations", "-n", default=100, show_default=True, type=click.IntRange(min=1),
+@click.option("--iterations", "-n", default=100, show_default=True,
+              metavar="N", type=click.IntRange(min=1),
               help="Meta-iterations (unrolls).")
 @click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE",
               help="Meta-trainer option, e.g. T=10, n=4, use_rnn_p=false, meta_lr=0.001.")
@@ -56,9 +58,10 @@ def _mean(history, key, part):
               help="Meta-parameter file (.h5) to write.")
 @click.option("--resume", is_flag=True, help="Continue from the meta-parameters in --out.")
 @click.option("--force", is_flag=True, help="Overwrite --out (and its log) if it exists.")
-@click.option("--save-every", default=10, show_default=True, type=click.IntRange(min=1),
+@click.option("--save-every", default=10, show_default=True,
+              metavar="N", type=click.IntRange(min=1),
               help="Meta-iterations between saves.")
-@click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--eval-every", default=0, show_default=True, metavar="N", type=click.IntRange(min=0),
               help="Meta-iterations between evaluations on the fixed held-out unrolls "
                    "(a 'validation' line in the log; 0: only before and after, the one before "
                    "written at once).")

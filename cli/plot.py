@@ -11,7 +11,7 @@ from .params import in_existing_folder
 @click.option("--out", "-o", default="runs.png", show_default=True, callback=in_existing_folder,
               help="PNG file to write.")
 @click.option("--label", "labels", multiple=True, help="Curve labels, one per run, in order.")
-@click.option("--window", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--window", default=20, show_default=True, metavar="N", type=click.IntRange(min=1),
               help="Moving average of the step losses.")
 @click.option("--linear", is_flag=True, help="Linear instead of log scale for the loss.")
 def command(runs, out, labels, window, linear):

@@ -67,14 +67,17 @@ def format_summary(s):
 @click.option("--hp", "hps", multiple=True, metavar="NAME=VALUE",
               help="Optimizer hyper-parameter, e.g. lr=0.01 (repeatable).")
 @click.option("--meta", default=None, help="Meta-parameter checkpoint of a learned optimizer.")
-@click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "-b", default=128, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
 @click.option("--epochs", default=3.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Epochs over the training split.")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+              metavar="X", type=click.FloatRange(min=0, min_open=True),
+              help="Epochs over the training split.")
+@click.option("--steps", metavar="N", type=click.IntRange(min=1), default=None,
               help="Number of steps (overrides --epochs).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+@click.option("--eval-every", metavar="N", type=click.IntRange(min=1), default=None,
               help="Steps between test evaluations [default: one epoch].")
-@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--checkpoint-every", default=100, show_default=True,
+              metavar="N", type=click.IntRange(min=1))
 @click.option("--augment/--no-augment", default=None, help="Crop+flip [default: dataset's].")
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
               metavar="N", help=PRECISE_BN_HELP)
