@@ -273,7 +273,11 @@ class MetaTrainer:
                          "wall": self.wall})
 
     def resume_from(self, path):
-        """Continue meta-training from :meth:`save`'s file (meta-parameters and Adam state)."""
+        """Continue meta-training from :meth:`save`'s file: meta-parameters, Adam state and
+        iteration count; the data stream, the replay buffer and the reset draws
+        start afresh (the buffer holds up to ``buffer`` copies of the target net's weights,
+        too large to checkpoint), so unlike ``hfmeta train --resume`` a resumed
+        meta-training does not repeat the uninterrupted one bit for bit."""
         model = self.problem.model
         config, banks, extra = load_meta(path, self.opt.name, model.xp, model.dtype)
         bank, theta = banks["lstm"]
