@@ -55,8 +55,8 @@ def main():
              "by side, each stopped after 390 s; b_mt = 64, T = 10, meta lr 0.01, seed 0, "
              "float32, mnist5k's meta split).  Held-out: `MetaTrainer.evaluate`, every 25 "
              "meta-iterations, on fixed unrolls recorded with each configuration's untrained "
-             "meta-nets (so (2) and (4) are scored at different states: their initial RNN_p "
-             "differs).", "",
+             "meta-nets (so even (2) and (4) are scored at different states: P = I in (2), the "
+             "untrained RNN_p's P in (4)).", "",
              "| configuration | meta-iterations done | held-out l_p: before → 25 → 50 → 75 → last "
              "(iteration) | held-out ‖r_n‖: same points | mean l_p, iterations 1–"
              f"{common} | mean ‖r_n‖, same |", "|---|---|---|---|---|---|"]
