@@ -37,6 +37,10 @@ class Group(click.Group):
         except (OSError, ValueError) as e:
             # missing/corrupt files (h5py raises OSError), bad shapes or names
             raise CleanError(str(e) or type(e).__name__, 1) from None
+        except MemoryError as e:     # NumPy's _ArrayMemoryError says how much it asked for
+            raise CleanError(f"out of memory: {e}" if str(e) else "out of memory", 1) from None
+        except OverflowError as e:   # e.g. --epochs 1e308 steps
+            raise CleanError(f"a number too large: {e}", 1) from None
 
 
 COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "bench", "data",

@@ -90,6 +90,28 @@ class Range:
             raise UserError(f"{prefix}{name} must be {self.describe()}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One of ``values`` (names such as ``"becker-lecun"``, or ``True``/``False`` for an
+    on/off option: :data:`FLAG`); anything else, a list included, is refused."""
+
+    values: tuple
+
+    def describe(self) -> str:
+        if set(self.values) == {True, False}:
+            return "true or false"
+        return "one of " + ", ".join(str(v) for v in self.values)
+
+    def admits(self, value) -> bool:
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+    def check(self, owner: str | None, name: str, value) -> None:
+        if not self.admits(value):
+            prefix = f"{owner}: " if owner else ""
+            raise UserError(f"{prefix}{name} must be {self.describe()}, got {value!r}")
+
+
+FLAG = Choice((True, False))
 POSITIVE = Range(0, low_open=True)                      # learning rates, eps, damping > 0
 NONNEGATIVE = Range(0)                                  # damping >= 0, tolerances, l2
 FRACTION = Range(0, 1, high_open=True)                  # momentum, decay rates, betas

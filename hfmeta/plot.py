@@ -18,20 +18,22 @@ def read_run(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise UserError(f"{run_dir} is not a run folder (no metrics.jsonl)")
+    from .train import read_metrics
     steps, evals = [], []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                (evals if record.get("kind") == "eval" else steps).append(record)
+    for _, record in read_metrics(path):
+        (evals if record["kind"] == "eval" else steps).append(record)
     if not steps:
         raise UserError(f"{run_dir} has no training steps logged yet")
     label = os.path.basename(os.path.normpath(run_dir))
     config = os.path.join(run_dir, "config.json")
     if os.path.isfile(config):
         with open(config) as f:
-            cfg = json.load(f)
-        label = f"{cfg.get('optimizer', '?')} ({label})"
+            try:
+                cfg = json.load(f)
+            except ValueError:
+                cfg = None
+        if isinstance(cfg, dict):            # the label only: a damaged config is no reason to stop
+            label = f"{cfg.get('optimizer', '?')} ({label})"
     return label, steps, evals
 
 

@@ -78,6 +78,12 @@ class RunConfig:
 
     def check(self):
         """Raise a :class:`UserError` naming the first count that is not a usable number."""
+        for name in ("model", "data", "split", "optimizer"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"{name} must be a name, got {getattr(self, name)!r}")
+        for name in ("model_options", "hparams"):
+            if not isinstance(getattr(self, name), dict):
+                raise UserError(f"{name} must be a dict of options, got {getattr(self, name)!r}")
         check_options(None, dataclasses.asdict(self), RUN_RANGES)
 
 
@@ -171,10 +177,23 @@ class Run:
         if not os.path.isfile(path):
             raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
         with open(path) as f:
-            cfg = RunConfig.from_dict(json.load(f))
+            try:
+                saved = json.load(f)
+            except ValueError as e:
+                raise UserError(f"{path} is not readable JSON ({e})") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"{path} is not a run configuration")
+        try:
+            RunConfig.from_dict(saved).check()
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        cfg = RunConfig.from_dict(saved)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+        if ckpt is not None and not (isinstance(ckpt.get("weights"), dict) and "w" in ckpt["weights"]
+                                     and {"data", "step", "wall"} <= set(ckpt)):
+            raise UserError(f"{ckpt_path} is not a training checkpoint")
         return cls(cfg, run_dir, ckpt)
 
     def _restore(self, ck):
@@ -194,8 +213,7 @@ class Run:
         path = os.path.join(self.dir, METRICS)
         if not os.path.exists(path):
             return
-        with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
+        keep = [line for line, record in read_metrics(path) if record["step"] <= self.step]
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
@@ -303,6 +321,27 @@ class Run:
         with open(os.path.join(self.dir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         return summary
+
+
+def read_metrics(path):
+    """``[(line, record)]`` of a run's ``metrics.jsonl``.  A last line cut short (a run
+    killed while writing it) is left out; any other line that is not a record with a
+    ``kind`` and a ``step`` is a :class:`UserError` naming the file and line."""
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            record = None
+        if not (isinstance(record, dict) and "kind" in record
+                and isinstance(record.get("step"), int)):
+            raise UserError(f"{path}, line {number}: not a metrics record")
+        out.append((line, record))
+    return out
 
 
 def _jsonable(v):

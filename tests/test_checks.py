@@ -128,3 +128,36 @@ def test_compare_tunes_the_rest_of_the_grid_around_a_fixed_value_off_the_grid(tm
     assert row["grid_points"] == 3 and row["hparams"]["momentum"] == 0.5
     one_line(invoke("-q", "compare", "sgd", "--steps", "2", "--hp", "sgd:lr=-1",
                     "--out", str(tmp_path / "bad")), "sgd: lr must be a number > 0")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["-o", "sou", "--hp", "diagonal=[1]"], "sou: diagonal must be one of becker-lecun"),
+    (["-o", "slstm", "--hp", "untrained=true", "--hp", "joint=yes"],
+     "slstm: joint must be true or false, got 'yes'"),
+    (["-o", "mlhf", "--hp", "untrained=no"], "mlhf: untrained must be true or false"),
+    (["-o", "mlhf", "--hp", "untrained=true", "--hp", "inputs=[1]"], "mlhf: inputs must be one of"),
+    (["-o", "mlhf", "--hp", "untrained=true", "--hp", "seed=abc"], "mlhf: seed must be a whole"),
+    (["-o", "mlhf", "--hp", "untrained=true", "--meta", "hfmeta/meta/shipped/mlhf.h5"],
+     "mlhf: give a meta-parameter file or untrained=true, not both"),
+    (["-o", "l2l", "--hp", "hidden=[4]"], "l2l: hidden come(s) from the meta-parameter file"),
+])
+def test_train_refuses_bad_names_and_flags_in_one_line(tmp_path, args, fragment):
+    """Names and on/off options: a list where a name belongs used to be a TypeError traceback,
+    'untrained=no' counted as true, and a saved LSTM size was silently overridden."""
+    r = invoke("-q", "train", "--model", "mlp", "--steps", "1", *args,
+               "--out", str(tmp_path / "run"))
+    one_line(r, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--opt", "noise=abc"], "noise must be a number in [0, 1)"),      # was a traceback
+    (["--opt", "use_rnn_p=maybe"], "use_rnn_p must be true or false"),
+    (["--opt", "inputs=[1]"], "inputs must be one of tanh, logsign"),
+    (["--opt", "train=p", "--opt", "use_rnn_p=false"], "train=p trains RNN_p"),
+])
+def test_meta_train_refuses_bad_names_and_flags_before_writing(tmp_path, args, fragment):
+    r = invoke("-q", "meta-train", "--model", "cnn-small", "--model-opt", "channels=2",
+               "-b", "8", "-n", "1", *args, "--out", str(tmp_path / "m.h5"))
+    one_line(r, fragment)
+    assert list(tmp_path.iterdir()) == []

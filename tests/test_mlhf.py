@@ -200,8 +200,10 @@ def test_meta_trainer_train_p_keeps_rnn_s_and_resumes_with_fresh_moments(tmp_pat
     assert stage2.adam.t == 0 and stage2.adam.m.shape == (n_s,)
     stage2.run(1)
     np.testing.assert_array_equal(stage2.theta[n_s:], trainer.theta[n_s:])
-    with pytest.raises(Exception, match="train="):
+    with pytest.raises(Exception, match="train must be one of sp, s, p, got 'q'"):
         MetaTrainer(problem, _RandomStream(), T=2, train="q")
+    with pytest.raises(Exception, match="train=p trains RNN_p"):
+        MetaTrainer(problem, _RandomStream(), T=2, train="p", use_rnn_p=False)
 
 
 def test_optimizer_state_round_trip_continues_identically():

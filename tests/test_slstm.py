@@ -82,8 +82,10 @@ def test_transfer_small_to_big_and_mismatch(tmp_path):
 
 
 def test_unknown_diagonal_is_a_clear_error():
-    with pytest.raises(UserError, match="unknown diagonal"):
+    with pytest.raises(UserError, match="diagonal must be one of becker-lecun, .*, got 'nope'"):
         SLSTM.from_meta(None, tiny_cnn(), untrained=True, diagonal="nope")
+    with pytest.raises(UserError, match="diagonal must be one of .*, got \\['becker-lecun'\\]"):
+        SLSTM.from_meta(None, tiny_cnn(), untrained=True, diagonal=["becker-lecun"])
 
 
 def run_steps(opt, problem, w, state, batches):

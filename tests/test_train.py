@@ -1,6 +1,7 @@
 """Training runs from the command line: summary, run folder, resume after SIGKILL, errors."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 from hfmeta.cli import cli
 from hfmeta.datasets.hdf5 import DatasetWriter
+from hfmeta.meta.registry import shipped_path
 from hfmeta.storage import load_checkpoint
 
 TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--batch-size", "32", "-o", "adam"]
@@ -223,6 +225,44 @@ def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path, steps)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     r = invoke("-q", "train", "--resume", str(out), "--steps", "4")
     assert r.exit_code == 0 and "4 steps" in r.output and "nan" not in r.output
+
+
+def test_a_metrics_line_cut_short_by_a_kill_does_not_block_resume_or_plot(tmp_path):
+    """A run killed while writing metrics.jsonl leaves half a line: resume drops it (it comes
+    after the checkpoint anyway) and plot reads the rest; a broken line inside the file is
+    one error naming file and line."""
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "4", "--out", str(out)).exit_code == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(lines) + '{"kind": "step", "st')
+    r = invoke("-q", "train", "--resume", str(out), "--steps", "5")
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(x)["step"] for x in open(out / "metrics.jsonl")
+             if json.loads(x)["kind"] == "step"]
+    assert steps == [1, 2, 3, 4, 5]
+    (out / "metrics.jsonl").write_text("".join(lines[:2]) + "[1, 2]\n" + "".join(lines[2:]))
+    one_line_error(invoke("train", "--resume", str(out), "--steps", "9"), 1,
+                   "metrics.jsonl, line 3: not a metrics record")
+
+
+@pytest.mark.parametrize("damage", ["config-list", "config-null-hparams", "config-cut",
+                                    "meta-file-as-checkpoint"])
+def test_a_damaged_run_folder_is_one_line_and_is_left_alone(tmp_path, damage):
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    if damage == "config-list":
+        (out / "config.json").write_text("[1, 2]")
+    elif damage == "config-null-hparams":
+        (out / "config.json").write_text(json.dumps({**config, "hparams": None}))
+    elif damage == "config-cut":
+        (out / "config.json").write_text(json.dumps(config)[:40])
+    else:
+        shutil.copy(shipped_path("mlhf"), out / "checkpoint.h5")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    for args in (["train", "--resume", str(out), "--steps", "3"], ["evaluate", str(out)]):
+        one_line_error(invoke(*args), 1, "run")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):

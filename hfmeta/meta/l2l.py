@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend
-from ..checks import (COUNT, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range, check_options,
-                      optional)
+from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range,
+                      check_options, optional)
 from ..errors import UserError
 from ..optim.base import Optimizer
 from .bank import LSTMBank
@@ -39,6 +39,11 @@ from .common import MetaAdam, ReplayBuffer, load_meta, save_meta
 from .preprocess import LogSign, Scale
 from .registry import shipped_path
 from .unroll import CoordinateGroups, CoordinateRule, meta_gradient, transfer_bank
+
+
+def _same(value):
+    """A hyper-parameter value as compared with a file's (JSON turns tuples into lists)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 class L2L(Optimizer):
@@ -84,6 +89,7 @@ class L2L(Optimizer):
 
         ``untrained=True`` with ``path=None`` gives freshly initialised LSTMs.
         """
+        FLAG.check(cls.name, "untrained", untrained)
         if path is None:
             if untrained:
                 return cls(model, **hparams)
@@ -98,6 +104,11 @@ class L2L(Optimizer):
         if "lstm" not in banks:
             raise UserError(f"{path} holds no 'lstm' meta-parameters")
         saved = {k: v for k, v in config.get("hparams", {}).items() if k in cls.meta_keys}
+        changed = [k for k in saved if k in hparams and _same(hparams[k]) != _same(saved[k])]
+        if changed:
+            raise UserError(f"{cls.name}: {', '.join(changed)} come(s) from the meta-parameter "
+                            f"file {path} ({', '.join(f'{k}={saved[k]!r}' for k in changed)}); "
+                            f"the LSTMs were trained with them")
         bank, theta = banks["lstm"]
         source = f"{path} (meta-trained on {config.get('model', 'an unknown model')})"
         return cls(model, bank=bank, theta=theta, source=source, **{**saved, **hparams})

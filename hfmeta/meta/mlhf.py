@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from ..checks import COUNT, POSITIVE, Range, optional
+from ..checks import COUNT, FLAG, NATURAL, POSITIVE, Choice, Range, check_options, optional
 from ..errors import UserError
 from ..optim.base import Optimizer
 from ..optim.hf import curvature_linearization
@@ -344,8 +344,13 @@ class MLHF(Optimizer):
         model whose kinds were all seen in meta-training (``resnet-mini`` →
         ``resnet18v2``); a kind never meta-trained is a clear error.
         """
+        check_options("mlhf", {"untrained": untrained, "seed": seed, "inputs": inputs},
+                      {"untrained": FLAG, "seed": NATURAL,
+                       "inputs": Choice((None,) + tuple(INPUTS))})
         xp = model.xp if model is not None else np
         dtype = model.dtype if model is not None else np.float64
+        if untrained and path is not None:
+            raise UserError("mlhf: give a meta-parameter file or untrained=true, not both")
         if untrained:
             nets = MLHFNets(inputs=inputs or "tanh")
             hparams.setdefault("lr", 1.0)

@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backend
-from ..checks import (COUNT, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range, check_options,
-                      optional)
+from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Choice, Range,
+                      check_options, optional)
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer
 from .mlhf import SOFTPLUS, MLHFNets, check_restart, clip_step, mlhf_direction, warm_start
+from .mlhf_es import ES_PARAMS
 from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
@@ -234,7 +235,11 @@ TRAINER_RANGES = {"T": COUNT, "n": COUNT, "hidden": SIZES, "meta_lr": NONNEGATIV
                   "reset_prob": Range(0, 1), "buffer": NATURAL, "store_every": COUNT,
                   "clip": optional(NONNEGATIVE),
                   "es_pairs": COUNT, "es_sigma": POSITIVE, "es_steps": COUNT,
-                  "es_cap": POSITIVE, "workers": COUNT, "seed": NATURAL}
+                  "es_cap": POSITIVE, "workers": COUNT, "seed": NATURAL,
+                  "noise": Range(0, 1, high_open=True), "use_rnn_p": FLAG, "loss_input": FLAG,
+                  "train": Choice(("sp", "s", "p")),
+                  "objective": Choice(("paper", "horizon", "horizon-log", "es")),
+                  "inputs": Choice(("tanh", "logsign")), "es_params": Choice(ES_PARAMS)}
 
 
 class MetaTrainer:
@@ -287,7 +292,9 @@ class MetaTrainer:
             T=T, n=n, hidden=hidden, meta_lr=meta_lr, l2=l2, max_grad_norm=max_grad_norm,
             reset_prob=reset_prob, buffer=buffer, store_every=store_every, clip=clip,
             es_pairs=es_pairs, es_sigma=es_sigma, es_steps=es_steps, es_cap=es_cap,
-            workers=workers, seed=seed), TRAINER_RANGES)
+            workers=workers, seed=seed, noise=noise, use_rnn_p=use_rnn_p,
+            loss_input=loss_input, train=train, objective=objective, inputs=inputs,
+            es_params=es_params), TRAINER_RANGES)
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
@@ -303,19 +310,14 @@ class MetaTrainer:
                 raise UserError(f"init_damping={init_damping!r}: give a damping above "
                                 f"s_min = {self.nets.s_min:g}, e.g. 2")
             self.theta = self.nets.damping_bias(self.theta, float(init_damping))
-        if train not in ("sp", "s", "p") or (train == "p" and not use_rnn_p):
-            raise UserError(f"train={train!r}: choose sp, s or p (p needs use_rnn_p)")
-        self.train = train
-        if objective not in ("paper", "horizon", "horizon-log", "es"):
-            raise UserError(f"objective={objective!r}: choose paper, horizon, horizon-log or es")
-        self.objective = objective
+        if train == "p" and not use_rnn_p:
+            raise UserError("train=p trains RNN_p, which use_rnn_p=false leaves out")
+        self.train, self.objective = train, objective
         self.trained = {"sp": slice(0, self.nets.size), "s": slice(0, self.nets.size_s),
                         "p": slice(self.nets.size_s, self.nets.size)}[train]
         self.es = None
         if objective == "es":
-            from .mlhf_es import ES_PARAMS, WholeRunES, es_coordinates
-            if es_params not in ES_PARAMS:
-                raise UserError(f"es_params={es_params!r}: choose {' or '.join(ES_PARAMS)}")
+            from .mlhf_es import WholeRunES, es_coordinates
             self.trained = es_coordinates(self.nets, train, model.layout.kinds, es_params)
             self.es = WholeRunES(self, es_pairs, es_sigma, es_steps, es_cap, workers)
         n_trained = len(np.arange(self.nets.size)[self.trained])

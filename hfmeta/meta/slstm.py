@@ -51,8 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..checks import COUNT, NONNEGATIVE, optional
-from ..errors import UserError
+from ..checks import COUNT, FLAG, NONNEGATIVE, Choice, optional
 from ..optim.sou import DIAGONALS
 from . import l2l
 from .common import MetaAdam
@@ -72,16 +71,14 @@ class SLSTM(l2l.L2L):
     name = "slstm"
     defaults = {**l2l.L2L.defaults, "diagonal": "becker-lecun", "samples": 1,
                 "joint": False, "T": 20, "meta_lr": 1e-3, "max_grad_norm": 1.0}
-    ranges = {**l2l.L2L.ranges, "samples": COUNT, "T": COUNT, "meta_lr": NONNEGATIVE,
+    ranges = {**l2l.L2L.ranges, "diagonal": Choice(tuple(DIAGONALS)), "samples": COUNT,
+              "joint": FLAG, "T": COUNT, "meta_lr": NONNEGATIVE,
               "max_grad_norm": optional(NONNEGATIVE)}
     per_layer = True
     meta_keys = l2l.L2L.meta_keys + ("diagonal", "samples")
 
     def __init__(self, model, bank=None, theta=None, source="the meta-parameters", **hparams):
         super().__init__(model, bank, theta, source, **hparams)
-        if self.diagonal not in DIAGONALS:
-            raise UserError(f"slstm: unknown diagonal {self.diagonal!r}; "
-                            f"choose one of {', '.join(DIAGONALS)}")
 
     def preprocessors(self):
         return [LogSign(self.p), Log(self.p)]

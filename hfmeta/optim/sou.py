@@ -25,8 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import diagonal
-from ..checks import COUNT, NATURAL, NONNEGATIVE, POSITIVE
-from ..errors import UserError
+from ..checks import COUNT, NATURAL, NONNEGATIVE, POSITIVE, Choice
 from .base import Optimizer
 
 DIAGONALS = {
@@ -46,13 +45,8 @@ class SOU(Optimizer):
     name = "sou"
     # lr 0.01, μ 1: with lr 0.1, μ 1e-3 the step g/(|h| + μ) diverges within 10 steps
     defaults = {"lr": 0.01, "mu": 1.0, "diagonal": "becker-lecun", "samples": 1, "seed": 0}
-    ranges = {"lr": POSITIVE, "mu": NONNEGATIVE, "samples": COUNT, "seed": NATURAL}
-
-    def __init__(self, **hparams):
-        super().__init__(**hparams)
-        if self.diagonal not in DIAGONALS:
-            raise UserError(f"sou: unknown diagonal {self.diagonal!r}; "
-                             f"choose one of {', '.join(DIAGONALS)}")
+    ranges = {"lr": POSITIVE, "mu": NONNEGATIVE, "diagonal": Choice(tuple(DIAGONALS)),
+              "samples": COUNT, "seed": NATURAL}
 
     def step(self, problem, w, state, batch):
         f, g, lin = self.gradient(problem, w, batch)
