@@ -30,7 +30,7 @@ from .train import parse_options
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="wall: elapsed time; cpu: this process's CPU time (robust to other "
                    "processes on a shared machine; use with one BLAS thread, CPU only).")
-@click.option("--warm-up", "warm_seconds", type=click.FloatRange(min=0), default=None,
+@click.option("--warm-up", "warm_seconds", type=click.FloatRange(min=0, max=600), default=None,
               metavar="SECONDS", help="Untimed round-robin work before timing, so that a GPU's "
               "clock has ramped up  [default: 3 on the GPU, 0 on the CPU].")
 @click.option("--json", "json_out", default=None, callback=in_existing_folder,
@@ -47,6 +47,8 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
 
     known = bench.all_items()
     chosen = known if items == "all" else tuple(i.strip() for i in items.split(",") if i.strip())
+    if not chosen:
+        raise click.BadParameter("name at least one item", param_hint="--items")
     unknown = [i for i in chosen if i not in known]
     if unknown:
         raise click.BadParameter(f"unknown item(s) {', '.join(unknown)}; choose from "

@@ -8,12 +8,27 @@ import shutil
 import click
 import numpy as np
 
+from .params import not_empty
 from .train import PRECISE_BN_HELP, parse_hparams, parse_options
 
 
 def _label(hparams):
     return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in sorted(hparams.items())) or "defaults"
+
+
+def check_before_training(optimizers, fixed, meta_files, model, model_opts, data, obj):
+    """Build each optimizer once with its fixed hyper-parameters and meta-parameter file, so
+    that a bad value or a wrong file stops the comparison before anything is trained."""
+    from hfmeta.data import open_dataset
+    from hfmeta.models import build
+    from hfmeta.train import make_optimizer
+
+    ds = open_dataset(data)
+    net = build(model, ds.image_shape, ds.classes, dtype=obj["dtype"], device=obj["device"],
+                **parse_options(model_opts))
+    for name in optimizers:
+        make_optimizer(name, parse_hparams(fixed.get(name, [])), meta_files.get(name), net)
 
 
 @click.command("compare")
@@ -40,7 +55,7 @@ def _label(hparams):
               show_default=True, help="What picks the best grid point.")
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
               metavar="N", help=PRECISE_BN_HELP)
-@click.option("--out", default="runs/compare", show_default=True)
+@click.option("--out", default="runs/compare", show_default=True, callback=not_empty)
 @click.option("--keep-all", is_flag=True, help="Keep every grid point's run, not only the best.")
 @click.pass_context
 def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs, steps,
@@ -61,10 +76,21 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
             raise click.BadParameter(f"{item!r} is not OPT:NAME=VALUE", param_hint="--hp")
         opt, pair = item.split(":", 1)
         fixed.setdefault(opt, []).append(pair)
-    meta_files = dict(m.split("=", 1) for m in metas if "=" in m)
+    for item in metas:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not OPT=FILE", param_hint="--meta")
+    meta_files = dict(m.split("=", 1) for m in metas)
     for name in optimizers:
         if name not in OPTIMIZERS and name not in LEARNED:
             raise click.BadParameter(f"unknown optimizer {name!r}", param_hint="OPTIMIZERS")
+    if len(set(optimizers)) < len(optimizers):
+        raise click.BadParameter("an optimizer is named twice", param_hint="OPTIMIZERS")
+    for option, names in (("--hp", fixed), ("--meta", meta_files)):
+        stray = sorted(set(names) - set(optimizers))
+        if stray:
+            raise click.BadParameter(f"{', '.join(stray)} is not among the optimizers compared",
+                                     param_hint=option)
+    check_before_training(optimizers, fixed, meta_files, model, model_opts, data, obj)
     rows = []
     for name in optimizers:
         own = parse_hparams(fixed.get(name, []))

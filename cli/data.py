@@ -14,6 +14,8 @@ import click
 
 from hfmeta.errors import UserError
 
+from .params import file_name
+
 
 class _Progress:
     """A ``progress(done, total)`` callback drawing ``click.progressbar`` bars.
@@ -53,7 +55,7 @@ def command():
 @click.option("--from", "src", metavar="PATH", default=None,
               help="Official files to convert (see `hfmeta data list`).")
 @click.option("--download", is_flag=True, help="Download the official files first (checksummed).")
-@click.option("--out", metavar="FILE", default=None,
+@click.option("--out", metavar="FILE", default=None, callback=file_name,
               help="Where to write the .h5 file (default: the data directory).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.pass_context

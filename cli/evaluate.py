@@ -10,15 +10,19 @@ from .train import PRECISE_BN_HELP
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
               metavar="N", help=PRECISE_BN_HELP)
-def command(run_dir, precise_bn):
+@click.pass_context
+def command(ctx, run_dir, precise_bn):
     """Test loss and accuracy of RUN_DIR's checkpoint; writes nothing.
 
-    Example: hfmeta evaluate runs/my-resnet --precise-bn 10
+    Runs on the run's device and dtype unless the global --device / --dtype are given.
+    Example: hfmeta --device gpu evaluate runs/my-resnet --precise-bn 10
     """
     from hfmeta.errors import UserError
     from hfmeta.train import CHECKPOINT, Run
 
-    run = Run.open(run_dir, precise_bn=precise_bn)
+    given = {name: ctx.obj[name] for name in ("device", "dtype")
+             if ctx.parent.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    run = Run.open(run_dir, precise_bn=precise_bn, **given)
     if run.step == 0:
         raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")
     figures = run.test_figures()

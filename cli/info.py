@@ -5,11 +5,12 @@ import platform
 
 import click
 
-from .params import InShape
+from .params import InShape, not_empty
 
 
 @click.command("info")
-@click.option("--model", "model_name", default=None, help="Also print this zoo model's parameter layout.")
+@click.option("--model", "model_name", default=None, callback=not_empty,
+              help="Also print this zoo model's parameter layout.")
 @click.option("--in-shape", "shape", type=InShape(), default="3,32,32", show_default=True,
               help="Input shape c,h,w for --model.")
 @click.option("--classes", default=10, show_default=True, metavar="N", type=click.IntRange(min=2))

@@ -79,6 +79,9 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     from hfmeta.problem import Problem
 
     obj = ctx.obj
+    if out.endswith(".jsonl"):
+        raise UserError(f"--out {out}: the log is written beside it as a .jsonl file; give the "
+                        f"meta-parameter file another name (.h5)")
     if os.path.exists(out) and not (resume or force):
         raise UserError(f"{out} already exists; use --resume to continue from it or --force "
                         f"to overwrite it")

@@ -20,9 +20,26 @@ class InShape(click.ParamType):
         self.fail(f"give c,h,w as three whole numbers >= 1, got {value!r}", param, ctx)
 
 
+def not_empty(ctx, param, value):
+    """Callback of a name or path option: an empty string is refused (it would otherwise
+    read as "not given" and fall back to the default)."""
+    if value == "":
+        raise click.BadParameter("give a name, not an empty string")
+    return value
+
+
+def file_name(ctx, param, value):
+    """Callback of an output-file option: a file name, not empty and not a folder."""
+    value = not_empty(ctx, param, value)
+    if value is not None and (os.path.isdir(value) or value.endswith(os.sep)):
+        raise click.BadParameter(f"{value!r} is a folder; give a file name")
+    return value
+
+
 def in_existing_folder(ctx, param, value):
-    """Callback of an output-file option: its folder must exist (checked before any work,
-    so a long run does not fail at its first write)."""
+    """Callback of an output-file option: a :func:`file_name` in a folder that exists,
+    checked before any work, so a long run does not fail at its first write."""
+    value = file_name(ctx, param, value)
     if value is not None:
         folder = os.path.dirname(os.path.abspath(value))
         if not os.path.isdir(folder):

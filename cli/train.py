@@ -9,6 +9,8 @@ import time
 import click
 import numpy as np
 
+from .params import not_empty
+
 DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "mlhf"}
 
 
@@ -29,6 +31,19 @@ def parse_hparams(pairs):
 def parse_options(pairs):
     """Model options ``width=0.5`` or ``channels=[8,16]`` (JSON values; lists become tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in parse_hparams(pairs).items()}
+
+
+def refuse_changes_on_resume(ctx):
+    """``--resume`` continues a run with the configuration saved in its folder: any option
+    given with it but ``--steps`` (and the global ``-q``/``-v``) would be silently ignored,
+    so it is an error."""
+    given = [max(p.opts, key=len) for c in (ctx, ctx.parent) if c is not None
+             for p in c.command.params
+             if p.name not in ("resume", "steps", "verbose", "quiet")
+             and c.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--resume continues the run with its saved configuration; "
+                               f"{', '.join(given)} cannot change it (only --steps can)")
 
 
 def default_run_dir(model, optimizer):
@@ -66,7 +81,8 @@ def format_summary(s):
                    "martens-hf, kfac, sou.")
 @click.option("--hp", "hps", multiple=True, metavar="NAME=VALUE",
               help="Optimizer hyper-parameter, e.g. lr=0.01 (repeatable).")
-@click.option("--meta", default=None, help="Meta-parameter checkpoint of a learned optimizer.")
+@click.option("--meta", default=None, callback=not_empty,
+              help="Meta-parameter checkpoint of a learned optimizer.")
 @click.option("--batch-size", "-b", default=128, show_default=True,
               metavar="N", type=click.IntRange(min=1))
 @click.option("--epochs", default=3.0, show_default=True,
@@ -81,8 +97,10 @@ def format_summary(s):
 @click.option("--augment/--no-augment", default=None, help="Crop+flip [default: dataset's].")
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
               metavar="N", help=PRECISE_BN_HELP)
-@click.option("--out", default=None, help="Run folder [default: runs/<time>-<model>-<opt>].")
-@click.option("--resume", default=None, metavar="RUN_DIR", help="Continue a stopped run.")
+@click.option("--out", default=None, callback=not_empty,
+              help="Run folder [default: runs/<time>-<model>-<opt>].")
+@click.option("--resume", default=None, metavar="RUN_DIR", callback=not_empty,
+              help="Continue a stopped run.")
 @click.pass_context
 def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_size, epochs,
             steps, eval_every, checkpoint_every, augment, precise_bn, out, resume):
@@ -96,7 +114,8 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     from hfmeta.train import Run, RunConfig
 
     obj = ctx.obj
-    if resume:
+    if resume is not None:
+        refuse_changes_on_resume(ctx)
         run = Run.resume(resume, steps=steps)
     else:
         cfg = RunConfig(model=model, model_options=parse_options(model_opts), data=data,

@@ -191,7 +191,8 @@ class Run:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-        if ckpt is not None and not (isinstance(ckpt.get("weights"), dict) and "w" in ckpt["weights"]
+        if ckpt is not None and not (isinstance(ckpt.get("weights"), dict)
+                                     and "w" in ckpt["weights"]
                                      and {"data", "step", "wall"} <= set(ckpt)):
             raise UserError(f"{ckpt_path} is not a training checkpoint")
         return cls(cfg, run_dir, ckpt)
@@ -281,9 +282,11 @@ class Run:
                 self.wall += time.perf_counter() - t0
                 loss = float(info["loss"])
                 if not math.isfinite(loss) or not bool(self.xp.isfinite(w).all()):
-                    raise NonFiniteLoss(
-                        f"non-finite loss at step {self.step + 1} ({self.cfg.optimizer}); the last "
-                        f"good checkpoint is kept in {os.path.join(self.dir, CHECKPOINT)}")
+                    checkpoint = os.path.join(self.dir, CHECKPOINT)
+                    kept = (f"the last good checkpoint is kept in {checkpoint}"
+                            if os.path.exists(checkpoint) else "no checkpoint was written yet")
+                    raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} "
+                                        f"({self.cfg.optimizer}); {kept}")
                 self.w, self.opt_state, self.step = w, state, self.step + 1
                 self._window.append(loss)
                 if self.step % self.cfg.log_every == 0:

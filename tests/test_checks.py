@@ -1,6 +1,7 @@
 """hfmeta.checks.Range, and the ranges written beside every option's default."""
 import inspect
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -161,3 +162,59 @@ def test_meta_train_refuses_bad_names_and_flags_before_writing(tmp_path, args, f
                "-b", "8", "-n", "1", *args, "--out", str(tmp_path / "m.h5"))
     one_line(r, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--resume", ""], ["train", "--out", ""], ["train", "--meta", ""],
+    ["info", "--model", ""], ["compare", "sgd", "--out", ""],
+    ["data", "prepare", "mnist", "--out", ""], ["bench", "--items", ""],
+    ["meta-train", "--out", "{tmp}"], ["plot", ".", "-o", "{tmp}"], ["bench", "--json", "{tmp}/"]])
+def test_empty_names_and_folders_given_as_files_are_refused_at_once(tmp_path, args):
+    """An empty string used to read as 'not given' (`train --resume ''` started a fresh run,
+    `data prepare --out ''` wrote into the data folder); a folder given as an output file
+    failed only after the work, leaving temporary files."""
+    before = sorted(os.listdir(tmp_path))
+    r = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_meta_train_refuses_a_log_named_out(tmp_path):
+    r = invoke("meta-train", "-n", "1", "--out", str(tmp_path / "m.jsonl"))
+    one_line(r, "the log is written beside it")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path):
+    """`train --resume RUN` takes the saved configuration: -o, --hp, --device ... used to be
+    silently ignored (--device gpu even ran on the CPU)."""
+    out = tmp_path / "run"
+    assert invoke("-q", "train", "--model", "mlp", "-o", "adam", "--steps", "2",
+                  "--out", str(out)).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    for args in (["train", "--resume", str(out), "-o", "sgd", "--hp", "lr=1"],
+                 ["--dtype", "float64", "train", "--resume", str(out), "--steps", "3"]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "cannot change it (only --steps can)" in r.output
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    r = invoke("--dtype", "float64", "evaluate", str(out))     # evaluate takes them
+    assert r.exit_code == 0 and "test accuracy" in r.output
+
+
+def test_compare_checks_every_optimizer_before_training_any(tmp_path):
+    """A wrong meta-parameter file for the third optimizer used to fail after the first two
+    had trained; now nothing runs.  Duplicates and stray --hp/--meta are refused."""
+    out = tmp_path / "cmp"
+    l2l_file = os.path.join(os.path.dirname(__file__), "..", "hfmeta", "meta", "shipped",
+                            "l2l.h5")
+    one_line(invoke("-q", "compare", "sgd", "adam", "mlhf", "--meta", f"mlhf={l2l_file}",
+                    "--steps", "1", "--out", str(out)), "holds l2l meta-parameters, not mlhf")
+    for args in (["sgd", "sgd"], ["sgd", "--hp", "adam:lr=1"], ["sgd", "--meta", "junk"]):
+        assert invoke("compare", *args, "--steps", "1", "--out", str(out)).exit_code == 2
+    assert not out.exists()
+
+
+def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path):
+    r = invoke("train", "--model", "mlp", "-o", "sgd", "--hp", "lr=1e30", "--steps", "3",
+               "--out", str(tmp_path / "run"))
+    assert r.exit_code == 3 and "no checkpoint was written yet" in r.output

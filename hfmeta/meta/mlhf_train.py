@@ -496,10 +496,10 @@ class MetaTrainer:
 
     def resume_from(self, path):
         """Continue meta-training from :meth:`save`'s file: meta-parameters, Adam state (when
-        the same meta-nets are trained) and iteration count; the data stream, the replay buffer and the reset draws
-        start afresh (the buffer holds up to ``buffer`` copies of the target net's weights,
-        too large to checkpoint), so unlike ``hfmeta train --resume`` a resumed
-        meta-training does not repeat the uninterrupted one bit for bit."""
+        the same meta-nets are trained) and iteration count; the data stream, the replay
+        buffer and the reset draws start afresh (the buffer holds up to ``buffer`` copies of
+        the target net's weights, too large to checkpoint), so unlike ``hfmeta train
+        --resume`` a resumed meta-training does not repeat the uninterrupted one bit for bit."""
         nets, theta, config, extra = MLHFNets.load(path, self.xp, self.dtype)
         if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
             raise UserError(f"{path}: meta-nets configured differently from this meta-training")
