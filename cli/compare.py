@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from .params import not_empty
-from .train import PRECISE_BN_HELP, parse_hparams, parse_options
+from .train import PRECISE_BN_HELP, parse_hparams, parse_options, stored_path
 
 
 def _label(hparams):
@@ -103,9 +103,10 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
         results = []
         for k, point in enumerate(points):
             hparams = {**point, **own}
-            cfg = RunConfig(model=model, model_options=parse_options(model_opts), data=data,
-                            split=split, optimizer=name, hparams=hparams,
-                            meta=meta_files.get(name), batch_size=batch_size, epochs=epochs,
+            cfg = RunConfig(model=model, model_options=parse_options(model_opts),
+                            data=stored_path(data), split=split, optimizer=name,
+                            hparams=hparams, meta=stored_path(meta_files.get(name)),
+                            batch_size=batch_size, epochs=epochs,
                             steps=steps, eval_every=eval_every, seed=obj["seed"],
                             device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)
             run_dir = os.path.join(out, name, f"{k:03d}")

@@ -90,7 +90,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
                 **parse_options(model_opts))
     batches = ds.batches(split, batch_size, seed=obj["seed"], dtype=obj["dtype"],
                          device=obj["device"], augment=ds.default_augment)
-    trainer_cls, options = get_meta_trainer(method), parse_hparams(opts)
+    trainer_cls, options = get_meta_trainer(method), parse_hparams(opts, "--opt")
     check_known_options(trainer_cls, method, options)
     trainer = trainer_cls(Problem(net), batches, seed=obj["seed"], **options)
     if resume:

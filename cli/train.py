@@ -14,12 +14,13 @@ from .params import not_empty
 DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "mlhf"}
 
 
-def parse_hparams(pairs):
-    """``("lr=0.01", "momentum=0.9")`` -> ``{"lr": 0.01, "momentum": 0.9}`` (JSON values)."""
+def parse_hparams(pairs, option="--hp"):
+    """``("lr=0.01", "momentum=0.9")`` -> ``{"lr": 0.01, "momentum": 0.9}`` (JSON values);
+    ``option`` names the option in the error for a pair without ``=``."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--hp")
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint=option)
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -30,7 +31,14 @@ def parse_hparams(pairs):
 
 def parse_options(pairs):
     """Model options ``width=0.5`` or ``channels=[8,16]`` (JSON values; lists become tuples)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in parse_hparams(pairs).items()}
+    return {k: tuple(v) if isinstance(v, list) else v
+            for k, v in parse_hparams(pairs, "--model-opt").items()}
+
+
+def stored_path(value):
+    """A file given by a relative path is stored absolute in the run's configuration, so
+    that ``--resume`` and ``evaluate`` find it from any folder; names stay as they are."""
+    return os.path.abspath(value) if value and os.path.isfile(value) else value
 
 
 def refuse_changes_on_resume(ctx):
@@ -118,8 +126,9 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
         refuse_changes_on_resume(ctx)
         run = Run.resume(resume, steps=steps)
     else:
-        cfg = RunConfig(model=model, model_options=parse_options(model_opts), data=data,
-                        split=split, optimizer=optimizer, hparams=parse_hparams(hps), meta=meta,
+        cfg = RunConfig(model=model, model_options=parse_options(model_opts),
+                        data=stored_path(data), split=split, optimizer=optimizer,
+                        hparams=parse_hparams(hps), meta=stored_path(meta),
                         batch_size=batch_size, epochs=epochs, steps=steps, eval_every=eval_every,
                         checkpoint_every=checkpoint_every, augment=augment, seed=obj["seed"],
                         device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)

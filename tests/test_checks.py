@@ -218,3 +218,21 @@ def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path):
     r = invoke("train", "--model", "mlp", "-o", "sgd", "--hp", "lr=1e30", "--steps", "3",
                "--out", str(tmp_path / "run"))
     assert r.exit_code == 3 and "no checkpoint was written yet" in r.output
+
+
+def test_a_run_given_relative_file_paths_resumes_from_another_folder(tmp_path, monkeypatch):
+    """--data and --meta files are stored absolute in config.json (they were stored as
+    typed, so resuming from another folder failed with "does not exist")."""
+    import shutil
+    from hfmeta.meta.registry import shipped_path
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copy(shipped_path("mlhf"), work / "meta.h5")
+    monkeypatch.chdir(work)
+    assert invoke("-q", "train", "--meta", "meta.h5", "--steps", "2", "-b", "16",
+                  "--out", "run").exit_code == 0
+    config = json.loads((work / "run" / "config.json").read_text())
+    assert config["meta"] == str(work / "meta.h5") and config["data"] == "mnist5k"
+    monkeypatch.chdir(elsewhere)
+    r = invoke("-q", "train", "--resume", str(work / "run"), "--steps", "3")
+    assert r.exit_code == 0, r.output

@@ -295,8 +295,10 @@ class MetaTrainer:
         mine = self.opt.rule.bank
         if [(n, l.config()) for n, l in bank.lstms.items()] != \
                 [(n, l.config()) for n, l in mine.lstms.items()]:
-            raise UserError(f"{path} holds LSTMs for groups {bank.groups} "
-                            f"({config.get('model')}); this model needs {mine.groups}")
+            raise UserError(f"{path} holds LSTMs {bank.groups} of sizes "
+                            f"{[l.config() for l in bank.lstms.values()]} "
+                            f"({config.get('model')}); this meta-training has {mine.groups} of "
+                            f"sizes {[l.config() for l in mine.lstms.values()]}")
         self.theta = self.opt.theta = theta
         self.adam.load_state_dict(extra["adam"], model.xp)
         self.iteration = int(extra.get("iteration", 0))
