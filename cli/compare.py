@@ -64,7 +64,7 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
 
     Example: hfmeta compare sgd rmsprop adam mlhf --epochs 2
     """
-    from hfmeta.errors import NonFiniteLoss
+    from hfmeta.errors import NonFiniteLoss, UserError
     from hfmeta.meta.registry import LEARNED
     from hfmeta.optim import OPTIMIZERS, grid as table1_grid
     from hfmeta.train import Run, RunConfig
@@ -120,6 +120,12 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
             except NonFiniteLoss:  # a diverging grid point is a result, not a failure
                 summary = {"train_loss": float("inf"), "test_acc": 0.0, "test_loss": float("inf"),
                            "wall": float("nan"), "run_dir": run_dir, "diverged": True}
+            except UserError as e:
+                if e.exit_code != 130:
+                    raise
+                raise UserError(f"interrupted in {name} [{k + 1}/{len(points)}]; the finished "
+                                f"grid points are under {out}; no table was made (run compare "
+                                f"again to make one)", exit_code=130) from None
             summary["hparams"] = hparams
             results.append(summary)
         score = ((lambda s: s["train_loss"]) if select == "train_loss"

@@ -102,6 +102,8 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     quiet = obj.get("verbosity", 0) < 0
     history = []
     t0 = time.perf_counter()
+    if force and not resume and os.path.exists(out):
+        os.remove(out)          # overwritten as asked: no old file beside the new log
     with open(log_path, "a" if resume else "w") as log, \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=iterations, label=f"meta-training {method}", hidden=quiet,

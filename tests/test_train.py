@@ -167,6 +167,24 @@ def test_sigint_stops_meta_training_after_a_whole_meta_iteration_and_saves(tmp_p
     assert [x["iteration"] for x in lines[-3:-1]] == [last, last + 1]   # validation, step
 
 
+def test_sigint_in_compare_names_the_grid_point_not_a_train_resume(tmp_path):
+    """Ctrl-C in `compare` stops the comparison with one line saying where; it used to pass
+    on the grid point's `hfmeta train --resume ...` advice, which does not continue it."""
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen(_hfmeta("compare", "adam", *TINY[:4], "--no-grid", "--steps",
+                                    "100000", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "adam" / "000" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.stat().st_size < 2000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("hfmeta: error: interrupted in adam [1/1]") and "resume" not in last
+
+
 def test_unknown_model_optimizer_dataset(tmp_path):
     one_line_error(invoke("train", "--model", "nope", "--out", str(tmp_path / "a")), 1,
                    "unknown model 'nope'")
