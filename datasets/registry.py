@@ -101,6 +101,8 @@ def resolve(name_or_path):
                             f"{default_path(name)}); run: hfmeta data prepare {name} "
                             f"--from PATH" + (" (or --download)" if entry(name).fetch else ""))
         return found
+    if path.is_dir():
+        raise UserError(f"{name} is a folder, not a dataset file")
     if path.suffix or os.sep in name:
         raise UserError(f"dataset file {name} does not exist")
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "

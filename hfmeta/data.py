@@ -50,6 +50,8 @@ class Dataset:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise UserError(f"{self.path} is a folder, not a dataset file")
         if not os.path.isfile(self.path):
             raise UserError(f"dataset file {self.path} does not exist")
         try:

@@ -156,6 +156,8 @@ def load_checkpoint(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a checkpoint file")
     try:
         with h5py.File(path, "r") as f:
             version = f.attrs.get("format_version")

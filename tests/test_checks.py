@@ -236,3 +236,10 @@ def test_a_run_given_relative_file_paths_resumes_from_another_folder(tmp_path, m
     monkeypatch.chdir(elsewhere)
     r = invoke("-q", "train", "--resume", str(work / "run"), "--steps", "3")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("option", ["--data", "--meta"])
+def test_a_folder_given_as_a_data_or_meta_file_is_named_as_such(tmp_path, option):
+    """It said 'does not exist' (--data) or 'corrupt or truncated HDF5 file' (--meta)."""
+    one_line(invoke("-q", "train", option, str(tmp_path), "--out", str(tmp_path / "run")),
+             f"{tmp_path} is a folder")
