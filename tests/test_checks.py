@@ -156,6 +156,9 @@ def test_train_refuses_bad_names_and_flags_in_one_line(tmp_path, args, fragment)
     (["--opt", "use_rnn_p=maybe"], "use_rnn_p must be true or false"),
     (["--opt", "inputs=[1]"], "inputs must be one of tanh, logsign"),
     (["--opt", "train=p", "--opt", "use_rnn_p=false"], "train=p trains RNN_p"),
+    (["--opt", "es_pairs=4"], "es_pairs do(es) not apply with objective='paper'"),
+    (["--opt", "objective=es", "--opt", "T=5", "--opt", "noise=0"],
+     "T, noise do(es) not apply with objective='es'"),
 ])
 def test_meta_train_refuses_bad_names_and_flags_before_writing(tmp_path, args, fragment):
     r = invoke("-q", "meta-train", "--model", "cnn-small", "--model-opt", "channels=2",

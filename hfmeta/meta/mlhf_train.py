@@ -35,6 +35,7 @@ backward passes, one for P with l_p, one for s with l_s).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -295,6 +296,16 @@ class MetaTrainer:
             workers=workers, seed=seed, noise=noise, use_rnn_p=use_rnn_p,
             loss_input=loss_input, train=train, objective=objective, inputs=inputs,
             es_params=es_params), TRAINER_RANGES)
+        given = {"T": T, "clip": clip, "noise": noise, "reset_prob": reset_prob,
+                 "buffer": buffer, "store_every": store_every, "es_pairs": es_pairs,
+                 "es_sigma": es_sigma, "es_steps": es_steps, "es_params": es_params,
+                 "es_cap": es_cap, "workers": workers}
+        defaults = inspect.signature(MetaTrainer.__init__).parameters
+        unused = [k for k, v in given.items() if v != defaults[k].default
+                  and (k.startswith("es_") or k == "workers") != (objective == "es")]
+        if unused:
+            raise UserError(f"mlhf meta-training: {', '.join(unused)} do(es) not apply with "
+                            f"objective={objective!r}")
         self.problem, self.batches = problem, batches
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
