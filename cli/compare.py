@@ -28,7 +28,7 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
     net = build(model, ds.image_shape, ds.classes, dtype=obj["dtype"], device=obj["device"],
                 **parse_options(model_opts))
     for name in optimizers:
-        make_optimizer(name, parse_hparams(fixed.get(name, [])), meta_files.get(name), net)
+        make_optimizer(name, fixed.get(name, {}), meta_files.get(name), net)
 
 
 @click.command("compare")
@@ -70,12 +70,13 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
     from hfmeta.train import Run, RunConfig
 
     obj = ctx.obj
-    fixed = {}
+    pairs = {}
     for item in hps:
         if ":" not in item:
             raise click.BadParameter(f"{item!r} is not OPT:NAME=VALUE", param_hint="--hp")
         opt, pair = item.split(":", 1)
-        fixed.setdefault(opt, []).append(pair)
+        pairs.setdefault(opt, []).append(pair)
+    fixed = {opt: parse_hparams(items) for opt, items in pairs.items()}
     for item in metas:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not OPT=FILE", param_hint="--meta")
@@ -93,7 +94,7 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
     check_before_training(optimizers, fixed, meta_files, model, model_opts, data, obj)
     rows = []
     for name in optimizers:
-        own = parse_hparams(fixed.get(name, []))
+        own = fixed.get(name, {})
         points = [{}]
         if grid and name in OPTIMIZERS:      # the grid with the fixed values put in, once each
             points = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .params import on_command_line
 from .train import PRECISE_BN_HELP
 
 
@@ -21,7 +22,7 @@ def command(ctx, run_dir, precise_bn):
     from hfmeta.train import CHECKPOINT, Run
 
     given = {name: ctx.obj[name] for name in ("device", "dtype")
-             if ctx.parent.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+             if on_command_line(ctx.parent, name)}
     run = Run.open(run_dir, precise_bn=precise_bn, **given)
     if run.step == 0:
         raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")

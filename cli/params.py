@@ -20,6 +20,11 @@ class InShape(click.ParamType):
         self.fail(f"give c,h,w as three whole numbers >= 1, got {value!r}", param, ctx)
 
 
+def on_command_line(ctx, name):
+    """Whether option ``name`` of the command of ``ctx`` was typed, not left at its default."""
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
 def not_empty(ctx, param, value):
     """Callback of a name or path option: an empty string is refused (it would otherwise
     read as "not given" and fall back to the default)."""

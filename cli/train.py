@@ -9,7 +9,7 @@ import time
 import click
 import numpy as np
 
-from .params import not_empty
+from .params import not_empty, on_command_line
 
 DEFAULTS = {"model": "cnn-small", "data": "mnist5k", "optimizer": "mlhf"}
 
@@ -48,7 +48,7 @@ def refuse_changes_on_resume(ctx):
     given = [max(p.opts, key=len) for c in (ctx, ctx.parent) if c is not None
              for p in c.command.params
              if p.name not in ("resume", "steps", "verbose", "quiet")
-             and c.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+             and on_command_line(c, p.name)]
     if given:
         raise click.UsageError(f"--resume continues the run with its saved configuration; "
                                f"{', '.join(given)} cannot change it (only --steps can)")

@@ -21,8 +21,23 @@ from dataclasses import dataclass, replace
 from .errors import UserError
 
 
+class Allowed:
+    """What an option may be: subclasses give :meth:`admits` and :meth:`describe`."""
+
+    def admits(self, value) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def check(self, owner: str | None, name: str, value) -> None:
+        if not self.admits(value):
+            prefix = f"{owner}: " if owner else ""
+            raise UserError(f"{prefix}{name} must be {self.describe()}, got {value!r}")
+
+
 @dataclass(frozen=True)
-class Range:
+class Range(Allowed):
     """A real number in an interval.
 
     ``low``/``high``: the ends (None: unbounded), excluded where ``low_open`` /
@@ -84,14 +99,9 @@ class Range:
             return False
         return True
 
-    def check(self, owner: str | None, name: str, value) -> None:
-        if not self.admits(value):
-            prefix = f"{owner}: " if owner else ""
-            raise UserError(f"{prefix}{name} must be {self.describe()}, got {value!r}")
-
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(Allowed):
     """One of ``values`` (names such as ``"becker-lecun"``, or ``True``/``False`` for an
     on/off option: :data:`FLAG`); anything else, a list included, is refused."""
 
@@ -104,11 +114,6 @@ class Choice:
 
     def admits(self, value) -> bool:
         return any(value == v and type(value) is type(v) for v in self.values)
-
-    def check(self, owner: str | None, name: str, value) -> None:
-        if not self.admits(value):
-            prefix = f"{owner}: " if owner else ""
-            raise UserError(f"{prefix}{name} must be {self.describe()}, got {value!r}")
 
 
 FLAG = Choice((True, False))

@@ -77,7 +77,8 @@ class RunConfig:
         return cls(**d)
 
     def check(self):
-        """Raise a :class:`UserError` naming the first count that is not a usable number."""
+        """Raise a :class:`UserError` naming the first field that is not usable: a name
+        that is not a string, options that are not a dict, a count out of its range."""
         for name in ("model", "data", "split", "optimizer"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"{name} must be a name, got {getattr(self, name)!r}")
@@ -183,11 +184,11 @@ class Run:
                 raise UserError(f"{path} is not readable JSON ({e})") from None
         if not isinstance(saved, dict):
             raise UserError(f"{path} is not a run configuration")
+        cfg = RunConfig.from_dict(saved)
         try:
-            RunConfig.from_dict(saved).check()
+            cfg.check()
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
-        cfg = RunConfig.from_dict(saved)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None

@@ -241,6 +241,9 @@ TRAINER_RANGES = {"T": COUNT, "n": COUNT, "hidden": SIZES, "meta_lr": NONNEGATIV
                   "train": Choice(("sp", "s", "p")),
                   "objective": Choice(("paper", "horizon", "horizon-log", "es")),
                   "inputs": Choice(("tanh", "logsign")), "es_params": Choice(ES_PARAMS)}
+#: options only the unrolled objectives use, and options only objective="es" uses
+UNROLL_ONLY = ("T", "clip", "noise", "reset_prob", "buffer", "store_every")
+ES_ONLY = ("es_pairs", "es_sigma", "es_steps", "es_params", "es_cap", "workers")
 
 
 class MetaTrainer:
@@ -289,20 +292,11 @@ class MetaTrainer:
                  objective="paper", restart=None, loss_input=False, es_pairs=8, es_sigma=0.1,
                  es_steps=120, es_params="out", es_cap=10.0, workers=1, init_damping=None,
                  seed=0):
-        check_options("mlhf meta-training", dict(
-            T=T, n=n, hidden=hidden, meta_lr=meta_lr, l2=l2, max_grad_norm=max_grad_norm,
-            reset_prob=reset_prob, buffer=buffer, store_every=store_every, clip=clip,
-            es_pairs=es_pairs, es_sigma=es_sigma, es_steps=es_steps, es_cap=es_cap,
-            workers=workers, seed=seed, noise=noise, use_rnn_p=use_rnn_p,
-            loss_input=loss_input, train=train, objective=objective, inputs=inputs,
-            es_params=es_params), TRAINER_RANGES)
-        given = {"T": T, "clip": clip, "noise": noise, "reset_prob": reset_prob,
-                 "buffer": buffer, "store_every": store_every, "es_pairs": es_pairs,
-                 "es_sigma": es_sigma, "es_steps": es_steps, "es_params": es_params,
-                 "es_cap": es_cap, "workers": workers}
+        options = {k: v for k, v in locals().items() if k not in ("self", "problem", "batches")}
+        check_options("mlhf meta-training", options, TRAINER_RANGES)
         defaults = inspect.signature(MetaTrainer.__init__).parameters
-        unused = [k for k, v in given.items() if v != defaults[k].default
-                  and (k.startswith("es_") or k == "workers") != (objective == "es")]
+        unused = [k for k in UNROLL_ONLY + ES_ONLY if options[k] != defaults[k].default
+                  and (k in ES_ONLY) != (objective == "es")]
         if unused:
             raise UserError(f"mlhf meta-training: {', '.join(unused)} do(es) not apply with "
                             f"objective={objective!r}")
