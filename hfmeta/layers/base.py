@@ -46,9 +46,11 @@ def lean_caches(on: bool = True):
     it can recompute cheaply from arrays the network keeps alive anyway, and every
     later pass recomputes it (bit for bit the same numbers, less memory, more time).
 
-    Today: an im2col :class:`~hfmeta.layers.conv.Conv2d` caches its input (in the
-    zoo always the input batch or a ReLU output, which is cached already) instead
-    of its columns, c·kh·kw times larger; its R-op, backward and R-backward
+    Today: an im2col :class:`~hfmeta.layers.conv.Conv2d` caches its input instead
+    of its columns, about kh·kw/(sh·sw) times larger (in the zoo the input is the
+    input batch or a ReLU output, cached already, or, for the second and later
+    convolutions of the conv stacks, a max-pool output, which only this cache
+    keeps); its R-op, backward and R-backward
     unfold the input again.  MLHF meta-training, which keeps two linearizations
     alive, runs with them.
     """

@@ -16,12 +16,13 @@ Every derivative goes *through* μ and σ²; with P(u) = u − E[u] − x̂ E[u 
 * R-op:      R{x̂} = P(dx) / s,           dy = γ R{x̂} + dγ x̂ + dβ
 * backward:  x̄ = P(γ ȳ) / s,   γ̄ = Σ ȳ x̂,   β̄ = Σ ȳ
 
-Eval mode uses the running statistics, P is the identity and s is a
-constant, so the layer is affine in x.
+Eval mode uses the running statistics, x̂ = (x − r_mean) / s with the
+constant s = sqrt(r_var + eps); P is the identity, so the layer is affine in x.
 
-Running statistics follow PyTorch (momentum m, unbiased batch variance)::
+Running statistics follow PyTorch (momentum ρ, unbiased batch variance; m is
+the count of values per channel, as above)::
 
-    r_mean ← (1 − m) r_mean + m μ,   r_var ← (1 − m) r_var + m σ² m/(m − 1)
+    r_mean ← (1 − ρ) r_mean + ρ μ,   r_var ← (1 − ρ) r_var + ρ σ² m/(m − 1)
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ class BatchNorm(Layer):
 
     # -- running statistics ----------------------------------------------------
     def new_state(self, state, cache, momentum):
-        """PyTorch: r ← (1 − m) r + m·batch statistic, with the unbiased batch variance."""
+        """PyTorch: r ← (1 − ρ) r + ρ·batch statistic (ρ = ``momentum``), with the
+        unbiased batch variance."""
         if not cache.train:
             return state
         unbiased = cache.var * (cache.count / (cache.count - 1))

@@ -164,9 +164,9 @@ class Sequential(Composite):
     def _backprop(self, method, p, cache, dy, out, need_dx, dys=None):
         """Run ``child.<method>(p_k, cache_k, dy, out_k, need)`` from the last child to the first.
 
-        The input cotangent of child k is needed only if child k is not the
-        first one, or if the caller asked for it, or if an earlier child has
-        parameters -- i.e. for every child after the first parameterised one.
+        The input cotangent of child k is needed only if the caller asked for
+        it or an earlier child has parameters -- i.e. for every child after the
+        first parameterised one (``k > first_param``).
         ``dys`` (a list) receives each child's output cotangent if given.
         """
         first_param = self._first_param()

@@ -91,7 +91,8 @@ class Conv2d(Layer):
 
     ``kernel_size``, ``stride``, ``padding`` are ints or (h, w) pairs;
     ``padding="same"`` keeps h and w (odd kernels at stride 1 only);
-    ``algorithm``: "auto", "im2col" or "fft" (stride 1 only), see above.
+    ``algorithm``: "auto", "im2col", "fft" or "shift" (the last two stride 1
+    only), see above.
     """
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,

@@ -27,13 +27,13 @@ products and the weight gradient into either a copy of the columns or an
 (n, o, K) intermediate; (n·L, K) ("im2row") yields NHWC outputs that must be
 transposed on every call.
 
-Both directions loop over the kh·kw kernel offsets (a, b) only: im2col copies
-one strided slice of the padded input per offset, col2im *adds* one strided
-slice per offset, so overlapping windows accumulate without any scatter-add
-(``add.at``).  The padded input is laid out (c, n, hp, wp), the axis order of
-the columns, so each step is a plain block copy (destination contiguous,
-source in runs of wo).  For the ``convnet`` layers these copies cost about a
-third of the forward; the GEMMs the rest.
+im2col makes one contiguous copy of a strided (c, kh, kw, n, ho, wo) view of
+the padded input; col2im loops over the kh·kw kernel offsets (a, b) only and
+*adds* one strided slice per offset, so overlapping windows accumulate without
+any scatter-add (``add.at``).  The padded input is laid out (c, n, hp, wp),
+the axis order of the columns, so the copies run over runs of wo.  For the
+``convnet`` layers these copies cost about a third of the forward; the GEMMs
+the rest.
 
 Reference: Chellapilla, Puri & Simard (2006), "High performance convolutional
 neural networks for document processing" (convolution as unfolding + GEMM).

@@ -32,14 +32,15 @@ by conjugation (164 of 180 bins multiplied on an 18×18 grid).
 every S (the crop to (ho, wo) and the embedding of x are each other's
 adjoints' partners, and the identity above holds for every W)::
 
-    x̄ = crop_h(irfft2(Ŵ'_f ȳ̂_f))        (ȳ embedded at the front like x)
+    x̄ = crop_h(irfft2(ȳ̂_f Ŵ'_f))      ȳ̂_f (n, o), Ŵ'_f (o, c) (ȳ embedded at the front like x)
     W̄' = irfft2(Σ_n conj(ȳ̂_f)ᵀ X̂_f),   W̄[a, b] = W̄'[(a − ph) mod Sh, (b − pw) mod Sw]
 
 **Scaling.**  Signals (x, ȳ) are transformed with ``norm="ortho"`` and
 images are recovered with ``norm="ortho"`` while the kernel spectrum is
 unnormalised (``X̂ = √N X_o`` with N = Sh·Sw, so ``irfft2(conj(Ŵ) X̂) =
 irfft2_ortho(conj(Ŵ) X_o)``); the kernel gradient, a sum of products of two
-ortho spectra, is recovered with the unnormalised inverse.  Signal and image
+ortho spectra, is recovered with the unnormalised inverse (Σ_f with no 1/N:
+NumPy's ``norm="forward"``, not its default).  Signal and image
 transforms run with ``norm="ortho"`` (NumPy's pocketfft runs ortho transforms
 of float32 data about three times faster than unnormalised ones); the kernel
 transforms, which touch only the kh·kw taps of the shifted kernel, are small

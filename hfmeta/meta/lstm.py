@@ -33,6 +33,10 @@ Two tricks keep a step at one GEMM and few passes over (n, 4h):
   pre-activation computed with the i, f, o rows of ``[W | b]`` halved,
   followed by a per-column scale and offset.
 
+Backward of the output map, given the output cotangent ``out̄`` (n, o)::
+
+    W̄_out += out̄ᵀ h_L,   b̄_out += Σ_n out̄,   h̄_L = out̄ W_out
+
 Backward (per layer, given ``h̄`` and ``c̄`` arriving from above and from the
 next step)::
 
