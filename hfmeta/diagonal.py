@@ -13,8 +13,10 @@ the Gauss-Newton diagonal is
   (batch norm in train mode) raise ``NotImplementedError``; then the full
   backward is run once per (example, column): n·c passes, still exact.
 * :func:`mc_diag_ggn` -- Monte-Carlo: S replaced by M sampled columns
-  (p − onehot(ỹ_m)) / √(nM), ỹ_m ~ Cat(p) (``loss.sample_labels``); unbiased,
-  M backward passes, error ∝ 1/√M.
+  ∇_z l(z, ỹ_m) · √(n/M) with ỹ_m drawn from the model's predictive
+  distribution (``loss.sample_labels``): (p − onehot(ỹ_m)) / √(nM) with
+  ỹ_m ~ Cat(p) for cross-entropy, −ε_m / √(nM) with ε_m ~ N(0, I) for squared
+  error; unbiased, M backward passes, error ∝ 1/√M.
 * :func:`hutchinson_diag` -- diag(A) ≈ (1/M) Σ_m v_m ⊙ A v_m with Rademacher
   v_m (Bekas, Kokiopoulou & Saad 2007); unbiased, M products, error ∝ 1/√M;
   works for G or the exact Hessian H.
@@ -73,7 +75,8 @@ def mc_diag_ggn(lin, loss, samples=1, rng=None):
     """Monte-Carlo GGN (Fisher) diagonal from ``samples`` label draws per example.
 
     Column m is ``∇_z l(z, ỹ_m) · √(n / M)`` = (p − onehot(ỹ_m)) / √(nM) for
-    cross-entropy, whose outer products average to H_l.  ``rng`` is a
+    cross-entropy, −ε_m / √(nM) for squared error; their outer products average
+    to H_l.  ``rng`` is a
     ``numpy.random.Generator`` (host side, so CPU and GPU draw the same labels).
     """
     rng = np.random.default_rng() if rng is None else rng
@@ -95,6 +98,9 @@ def hutchinson_diag(lin, loss, samples=1, rng=None, y=None, exact=False):
     ``samples`` Rademacher probes, one curvature product each (``y`` is needed
     only for the exact Hessian).
     """
+    if exact and y is None:
+        raise ValueError("hutchinson_diag(exact=True) needs the labels y: the exact "
+                         "Hessian depends on them")
     rng = np.random.default_rng() if rng is None else rng
     out = lin.w * 0
     for _ in range(samples):

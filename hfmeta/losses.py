@@ -100,6 +100,15 @@ class MeanSquaredError:
         n, c = z.shape
         return xp.broadcast_to(xp.eye(c, dtype=z.dtype), (n, c, c)) / n ** 0.5
 
+    def sample_labels(self, z, rng):
+        """Targets ỹ = z + ε, ε ~ N(0, I), drawn from the model's predictive
+        distribution (the unit-variance Gaussian whose negative log-likelihood
+        this loss is) for the Monte-Carlo Fisher: ∇_z l(z, ỹ) = −ε/n, whose
+        outer product averages to I/n = H_l.  ``rng`` is a host
+        ``numpy.random.Generator``, so CPU and GPU draw the same targets."""
+        xp = get_array_module(z)
+        return z + xp.asarray(rng.standard_normal(z.shape), dtype=z.dtype)
+
 
 LOSSES = {"xent": SoftmaxCrossEntropy, "mse": MeanSquaredError}
 

@@ -72,10 +72,10 @@ CONVERGENCE = {  # samples, seeds, tolerance on |slope + 1/2|
 }
 
 
-def _check_convergence(kind, setting):
+def _check_convergence(kind, setting, loss=None):
     samples, seeds, tol = CONVERGENCE[setting]
     model, w, x, y, _ = tiny_problem("mlp", batch=4)
-    loss = SoftmaxCrossEntropy()
+    loss = SoftmaxCrossEntropy() if loss is None else loss
     lin = model.linearize(w, x)
     exact = diagonal.exact_diag_ggn(lin, loss)
     if kind == "mc":
@@ -84,7 +84,7 @@ def _check_convergence(kind, setting):
         single = lambda rng: diagonal.hutchinson_diag(lin, loss, 1, rng)  # noqa: E731
     errors = _prefix_mean_errors(single, exact, samples, seeds)
     slope = _slope(samples, errors)
-    print(f"{kind}: rel. error {errors[0]:.3f} at {samples[0]} samples, {errors[-1]:.4f} at "
+    print(f"{kind} ({loss.name}): rel. error {errors[0]:.3f} at {samples[0]} samples, {errors[-1]:.4f} at "
           f"{samples[-1]}; log-log slope {slope:.3f}")
     assert abs(slope + 0.5) < tol[kind]
 
@@ -98,6 +98,20 @@ def test_stochastic_diagonals_converge_like_inverse_sqrt_samples(kind):
 @pytest.mark.parametrize("kind", ["mc", "hutchinson"])
 def test_stochastic_diagonals_converge_like_inverse_sqrt_samples_long(kind):
     _check_convergence(kind, "slow")
+
+
+def test_monte_carlo_diagonal_for_squared_error_samples_gaussian_targets():
+    """Squared error is the unit-variance Gaussian's log-likelihood: its Monte-Carlo
+    Fisher draws ỹ = z + ε (``MeanSquaredError.sample_labels``).  Same unbiasedness
+    test as cross-entropy's (Gaussian draws are lighter-tailed than label draws)."""
+    _check_convergence("mc", "fast", MeanSquaredError())
+
+
+def test_exact_hutchinson_needs_the_labels():
+    model, w, x, y, _ = tiny_problem("mlp", batch=4)
+    lin = model.linearize(w, x)
+    with pytest.raises(ValueError, match="needs the labels y"):
+        diagonal.hutchinson_diag(lin, SoftmaxCrossEntropy(), 1, exact=True)
 
 
 def test_many_samples_is_the_mean_of_single_samples():
