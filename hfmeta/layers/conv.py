@@ -8,7 +8,7 @@ matrix, the layer is the matrix product
     Y = W X + b 1ᵀ            Y (o, n·L), returned as the NCHW view of y.
 
 Everything below is linear algebra on that product (``colᵀ`` = col2im, the
-adjoint of im2col; ``⋆`` = correlation of an output cotangent with an input):
+adjoint of im2col):
 
 * R-op (Pearlmutter 1994):  dY = W im2col(dx) + dW X + db 1ᵀ
   -- the parameter part reuses the cached columns X; only a non-zero input

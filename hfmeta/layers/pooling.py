@@ -93,7 +93,8 @@ def _flat(a):
 
 
 class MaxPool2d(_Pool2d):
-    """Max over each window; the cache is the winning offset k* (uint8) and
+    """Max over each window; the cache is the winning offset k* (uint8; int32
+    for windows of more than 256 taps) and
     x's shape (a :class:`MaxPoolCache`, which also keeps the flat winner index
     below once computed).
 
