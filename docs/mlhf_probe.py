@@ -52,6 +52,15 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
    between consecutive solves), another net's oracle at the same t, and one
    free diagonal per unroll fitted jointly on that unroll's even solves,
    scored on its odd ones (the best any per-coordinate constant could do).
+
+6. **Is the oracle the solution in disguise?**  PCG here solves P y = r, so
+   P = r_0 ⊘ e with e = A⁻¹r_0 (the correction from the warm start d_0 to the
+   solution) gives y_0 = e and α_0 = 1: one iteration lands on the solution
+   (tests/test_pcg.py).  A positive P can do this only where r_0,i e_i > 0;
+   elsewhere the nearest it can come is y_i ≈ 0 (P_i → ∞).  Taking e from
+   the n = 20 solve, the table scores that P and P = |r_0 ⊘ e| at n = 4, and
+   gives the share of coordinates where the signs agree and the correlation
+   of the section-4 oracle's log P with log|r_0 ⊘ e|.
 """
 from __future__ import annotations
 
@@ -125,7 +134,8 @@ def adam_descent(value_and_grad, x, steps, lr):
 
 def warm_solves(problem, batches, starts, s_value):
     """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
-    P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20)]``,
+    P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20,
+    the n = 20 solution)]``,
     features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate."""
     model, solves = problem.model, []
     for k in range(starts):
@@ -142,7 +152,7 @@ def warm_solves(problem, batches, starts, s_value):
                 features = np.stack([np.ones_like(g)] + logs, axis=1)
                 exact = pcg(apply_A, g, d, None, 20, record=False)
                 solves.append((apply_A, g, d, features, l_p_term(result.x, g, result.r)[0],
-                               l_p_term(exact.x, g, exact.r)[0]))
+                               l_p_term(exact.x, g, exact.r)[0], exact.x))
             d = result.x
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]
@@ -387,6 +397,45 @@ def diagonal_sections(args, model_options, b_mt, ds, s_value):
     lines += ["", f"Mean correlation of the oracle's log P between consecutive solves of one "
               f"net: {correlation:.3f}."]
     print("\n".join(lines[-len(rows) - 2:]), flush=True)
+    lines += solution_ratio_section(solves, oracle_q, mean, closed)
+    print("\n".join(lines[-8:]), flush=True)
+    return lines
+
+
+def solution_ratio_preconditioners(solve):
+    """Section 6: (P = r_0 ⊘ e where positive else ≈ ∞, P = |r_0 ⊘ e|, log|r_0 ⊘ e|,
+    share of r_0,i e_i > 0) with e = x_20 − d_0, the n = 20 solve's correction."""
+    apply_A, g, d0 = solve[:3]
+    r0, e = g - apply_A(d0), solve[6] - d0
+    same_sign = r0 * e > 0
+    ratio = np.abs(r0) / np.maximum(np.abs(e), 1e-300)
+    ratio = np.where(ratio > 0, ratio, ratio[ratio > 0].min())       # r_0,i = 0: any P
+    signed = np.where(same_sign, ratio, 1e6 * ratio[same_sign].max())  # y_i ≈ 0
+    return signed, ratio, np.log(ratio), float(same_sign.mean())
+
+
+def solution_ratio_section(solves, oracle_q, mean, closed):
+    signed, absolute, correlation, share = [], [], [], []
+    for solve, q in zip(solves, oracle_q):
+        P_signed, P_abs, log_ratio, positive = solution_ratio_preconditioners(solve)
+        signed.append(l_p_with_log_p(solve, np.log(P_signed))[0])
+        absolute.append(l_p_with_log_p(solve, np.log(P_abs))[0])
+        correlation.append(float(np.corrcoef(q, log_ratio)[0, 1]))
+        share.append(positive)
+    lines = ["", "## 6. Is the oracle the solution in disguise?", "",
+             "P = r_0 ⊘ e with e = A⁻¹r_0 makes PCG exact in one iteration; here e is the "
+             "correction of the n = 20 solve and P is scored at n = 4 on the solves of "
+             f"section 4. On average {np.mean(share):.0%} of the coordinates have "
+             "r_0,i e_i > 0, where a positive P can follow e.", "",
+             "| P (n = 4) | solves | l_p | n = 4, P = I | n = 20, P = I | gap closed |",
+             "|---|---|---|---|---|---|"]
+    for label, values in (("r_0 ⊘ e where positive, else 10⁶ × its largest (y_i ≈ 0)", signed),
+                          ("\\|r_0 ⊘ e\\|", absolute)):
+        lines.append(f"| {label} | {len(solves)} | {np.mean(values):+.4f} | "
+                     f"{mean(solves, 4):+.4f} | {mean(solves, 5):+.4f} | "
+                     f"{closed(np.mean(values), solves):.0%} |")
+    lines += ["", "Mean correlation, over coordinates, of the section-4 oracle's log P with "
+              f"log\\|r_0 ⊘ e\\|: {np.mean(correlation):.3f}."]
     return lines
 
 

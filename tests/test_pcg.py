@@ -53,6 +53,32 @@ def test_jacobi_preconditioner_needs_fewer_iterations():
     assert jacobi.iterations < plain.iterations / 2
 
 
+def test_diagonal_preconditioner_from_the_solution_is_exact_in_one_step():
+    """With e = A⁻¹ r_0 the correction PCG must find, P = r_0 ⊘ e gives y_0 = e,
+    α_0 = ⟨r_0, e⟩ / ⟨e, A e⟩ = 1, so x_1 = x_0 + e = A⁻¹b: a diagonal P can make
+    a solve exact in one iteration, but only by knowing its solution (and only
+    where every r_0,i e_i > 0, as a positive P needs).  This is why a per-solve
+    oracle P (docs/mlhf_probe.py, section 6) closes most of the n = 4 vs n = 20
+    gap.  Here A has positive entries and e > 0, so r_0 = A e > 0 too."""
+    d = 30
+    rng = np.random.default_rng(4)
+    M = rng.uniform(0.0, 1.0, (d, d))
+    A = M @ M.T / d + 0.1 * np.eye(d)                 # SPD with positive entries
+    x_true = rng.standard_normal(d)
+    b = A @ x_true
+    e = rng.uniform(0.1, 2.0, d)                      # the correction, through the start
+    x0 = x_true - e
+    P = (b - A @ x0) / e
+    assert np.all(P > 0)
+    one = pcg(lambda v: A @ v, b, x0, P, n=1, curvature_floor=TINY, rho_floor=TINY)
+    plain = pcg(lambda v: A @ v, b, x0, None, n=1, curvature_floor=TINY, rho_floor=TINY)
+    print(f"one iteration: |x - A⁻¹b| / |A⁻¹b| = {rel_error(one.x, x_true):.1e} with "
+          f"P = r_0 ⊘ e, {rel_error(plain.x, x_true):.1e} with P = I")
+    np.testing.assert_allclose(one.alphas[0], 1.0, rtol=1e-12)
+    assert rel_error(one.x, x_true) < 1e-12
+    assert rel_error(plain.x, x_true) > 1e-3
+
+
 def test_stopping_rule_and_product_count():
     A = spd(8)
     b = np.random.default_rng(4).standard_normal(8)
