@@ -1,7 +1,8 @@
-"""Checks of numeric options a user gives (hyper-parameters, counts, sizes).
+"""Checks of the options a user gives (hyper-parameters, counts, sizes, names, switches).
 
 An option's allowed values are written once, beside its default, as a
-:class:`Range`; :func:`check_options` turns a bad value into one
+:class:`Range` (numbers), a :class:`Choice` (names) or ``FLAG`` (true or
+false); :func:`check_options` turns a bad value into one
 :class:`~hfmeta.errors.UserError` that names the owner, the option, what it
 must be and what it was::
 
