@@ -202,6 +202,17 @@ def test_missing_and_corrupt_data_file(tmp_path):
     one_line_error(invoke("train", "--data", str(bad)), 1, "bad.h5")
 
 
+def test_shipped_mlhf_on_a_net_with_batch_norm_names_the_way_out(tmp_path):
+    """The shipped MLHF was meta-trained on cnn-small: no batch-norm kinds."""
+    result = invoke("-q", "train", "--model", "resnet-mini", "--model-opt", "width=0.25",
+                    "--steps", "1", "--out", str(tmp_path / "run"))
+    one_line_error(result, 1, "bn.gamma, bn.beta", "--meta", "--hp untrained=true")
+    assert not (tmp_path / "run").exists()
+    result = invoke("-q", "train", "--model", "resnet-mini", "--model-opt", "width=0.25",
+                    "--steps", "1", "--hp", "untrained=true", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+
+
 def test_model_data_shape_mismatch(tmp_path):
     path = tmp_path / "tiny.h5"
     rng = np.random.default_rng(0)

@@ -369,8 +369,9 @@ class MLHF(Optimizer):
             if untrained_kinds:
                 raise UserError(
                     f"{path} was meta-trained on {config.get('model', '?')}, whose parameters "
-                    f"have no {', '.join(untrained_kinds)}; {model.name} needs them "
-                    f"(meta-train on a model with those kinds)")
+                    f"have no {', '.join(untrained_kinds)}; {model.name} needs them: give "
+                    f"--meta FILE meta-trained on such a model (`hfmeta meta-train -m mlhf "
+                    f"--model {model.name}`), or --hp untrained=true")
         if config.get("restart") is not None:
             hparams.setdefault("restart", config["restart"])
         return cls(nets, theta, model, **hparams)
