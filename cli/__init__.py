@@ -26,12 +26,33 @@ class CleanError(click.ClickException):
         click.echo(f"hfmeta: error: {self.format_message()}", err=True)
 
 
+#: Click's "no arguments: show the help", a UsageError only in name
+_SHOW_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def usage_line(error: click.UsageError) -> click.ClickException:
+    """Click's usage error (usage, hint, blank line, message) as one line that
+    keeps the message and points to the command's help; exit code 2 as Click's."""
+    if isinstance(error, _SHOW_HELP):
+        return error
+    where = error.ctx.command_path if error.ctx is not None else "hfmeta"
+    return CleanError(f"{error.format_message()} (see '{where} --help')", error.exit_code)
+
+
 class Group(click.Group):
     """Click group that turns errors a user can cause into :class:`CleanError`."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:          # hfmeta's own options
+            raise usage_line(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:          # a command's options, or a command's own check
+            raise usage_line(e) from None
         except (UserError, BackendError) as e:
             raise CleanError(str(e), getattr(e, "exit_code", 1)) from None
         except (OSError, ValueError) as e:
@@ -47,7 +68,7 @@ COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "
             "info")
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("hfmeta", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="NumPy on the CPU or CuPy on the GPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",

@@ -33,6 +33,28 @@ def test_gradcheck_command_on_a_subset():
     assert r.exit_code == 2
 
 
+@pytest.mark.parametrize("args, message, where", [
+    (["train", "--foo"], "No such option '--foo'", "hfmeta train"),
+    (["--seed", "-1", "train"], "Invalid value for '--seed'", "hfmeta"),
+    (["no-such-command"], "No such command 'no-such-command'", "hfmeta"),
+    (["data", "prepare"], "Missing argument 'NAME'", "hfmeta data prepare"),
+    (["train", "--resume", "x", "--epochs", "2"], "only --steps can", "hfmeta train"),
+])
+def test_usage_errors_are_one_line_pointing_to_help(args, message, where):
+    """Click prints usage, a hint and a blank line before the message; hfmeta one line."""
+    r = CliRunner().invoke(cli, args)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and lines[0].startswith("hfmeta: error: "), r.output
+    assert message in lines[0] and f"(see '{where} --help')" in lines[0], lines[0]
+
+
+def test_no_arguments_still_show_the_help():
+    for args in ([], ["data"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.output.startswith("Usage: hfmeta") and "Commands:" in r.output, r.output
+
+
 def test_bench_command_tiny(tmp_path):
     out = tmp_path / "b.json"
     r = invoke("-q", "bench", "--model", "cnn-small", "--in-shape", "1,8,8", "--batch-size", "8",
