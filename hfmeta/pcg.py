@@ -100,7 +100,8 @@ def pcg(apply_A, b, x0=None, P=None, n=4, eps=0.0, curvature_floor=CURVATURE_FLO
     P : diagonal preconditioner as a positive vector (``None`` = identity)
     n : maximum iterations; eps : stop when ‖r_i‖ < eps (0 = never test: no host sync)
     curvature_floor, rho_floor : the positive floors of the α and β denominators
-    record : keep the iterates for :func:`pcg_backward` (memory: 3(k+1) vectors)
+    record : keep the iterates for :func:`pcg_backward` (memory: 3k + 1 vectors:
+        p_i, A p_i for i < k and r_0 … r_k)
     r0 : the initial residual ``b − A x0`` when the caller already has it (MLHF
         feeds it to RNN_p before PCG starts); saves that product
     """
@@ -155,9 +156,11 @@ def pcg_backward(result: PCGResult, apply_A, x_bar=None, r_bar=None,
     ``x_bar`` = ∂L/∂x_k, ``r_bar`` = ∂L/∂r_k (``None`` = zero).  ``apply_A``
     must be the same operator ``v -> G v + s ⊙ v``.  Returns a dict with the
     keys in ``need``: ``"s"`` (damping vector), ``"P"`` (preconditioner),
-    ``"b"``, ``"x0"``.  G gets no gradient (MLHF's stop-gradient: the adjoint
-    of u = G v is v̄ += G ū, s̄ += ū ⊙ v).  The iteration count is treated as
-    fixed; each max() guard passes the gradient to its active branch.
+    ``"b"``, ``"x0"``, each (N,) like ``b``.  G gets no gradient (MLHF's
+    stop-gradient: the adjoint of u = A v = G v + s ⊙ v is v̄ += A ū,
+    s̄ += ū ⊙ v; this includes r_0 = b − A x_0, so s̄ −= r̄_0 ⊙ x_0).  The
+    iteration count is treated as fixed; each max() guard passes the gradient
+    to its active branch.
 
     Cost: one product with A per PCG iteration (k), plus one more if ``"x0"``
     is needed -- about as many as the forward run.

@@ -80,8 +80,11 @@ class ReplayBuffer:
     ``sample(rng, fresh)`` returns a stored state, or ``fresh()`` -- a new
     initialisation -- with probability ``1 / (len + 1)``, so fresh starts keep
     appearing as the buffer fills.  (The released MLHF code's store condition
-    never fires; as METHODS.md says, we store fresh initial weights and,
-    every ``store_every`` meta-iterations, the current weights.)
+    never fires.  The L2L/SLSTM trainer stores every fresh initialisation it
+    draws and, every ``store_every`` meta-iterations, the current weights; the
+    MLHF trainer stores only the weights an unroll starts from, every
+    ``store_every`` meta-iterations -- a fresh initialisation only when it
+    falls on such an iteration.)
     """
 
     def __init__(self, capacity=200):

@@ -192,7 +192,7 @@ class MetaTrainer:
     # -- one meta-iteration ----------------------------------------------------------
     def run(self, iterations, on_iteration=None, should_stop=None):
         """Run ``iterations`` meta-iterations, fewer if ``should_stop()`` turns true (asked
-        after each); returns one dict per iteration (``meta_loss``, ``grad_norm`` before
+        before each); returns one dict per iteration (``meta_loss``, ``grad_norm`` before
         clipping, ``first_loss``/``last_loss`` of the unroll, ``reset``, ``seconds``,
         cumulative ``wall``)."""
         records = []

@@ -23,7 +23,8 @@ coordinate, where tanh is the identity: the untrained meta-nets then give
 the same s and P on every coordinate to four digits, and a meta-training of
 a few hundred iterations cannot grow the input weights far enough to make
 them differ.  ``"logsign"`` feeds each input as L2L's scale-free pair
-(log|v|/10, sign v) (Andrychowicz et al. 2016, appendix A; six features),
+(log|v|/10, sign v), or (−1, e^10 v) where |v| < e^−10 (e.g. the zero d_prev,
+r_prev of a first step) (Andrychowicz et al. 2016, appendix A; six features),
 so a coordinate's damping and preconditioner can depend on the magnitudes of
 its g, d_prev and r_prev from the first meta-iteration on (ours; say so).
 
@@ -186,8 +187,11 @@ def mlhf_direction(nets, theta, states, problem, lin, g, d_prev, r_prev, rows, r
                    inputs=None, loss_ratio=0.0):
     """Steps 2-5 of Algorithm 1 at the linearization ``lin`` with gradient ``g``.
 
-    ``states`` (LSTM states, updated in place: ``states["s"]``, ``states["p"]``),
-    ``d_prev``/``r_prev`` the previous solution and residual (``None`` at the
+    ``g``, ``d_prev``, ``r_prev`` and the returned s, P, d_n, r_n are flat (N,)
+    vectors; the RNNs see them as the N rows of an (N, k) input (k = 3 with
+    tanh, 6 with logsign, +1 for RNN_s's loss input; ``rows``: each kind's row
+    slice).  ``states`` (LSTM states, updated in place: ``states["s"]``,
+    ``states["p"]``), ``d_prev``/``r_prev`` the previous solution and residual (``None`` at the
     start).  ``loss_ratio`` is log(l_t / l_{t−1}), RNN_s's fourth input when
     ``nets.loss_input`` (:func:`log_loss_ratio`).  ``inputs`` replaces the RNN
     inputs by given constants (the

@@ -9,7 +9,9 @@ lets each step answer for every later loss of an unroll of H steps::
 
     L_H = (1/H) Σ_{t=1..H} l(x^t, w^t),     w^{t+1} = w^t − lr · u_t · c_t · d^t
 
-(u_t the step noise, c_t the step clip's scale), or, with ``log=True``, the mean
+(u_t the step noise, c_t the step clip's scale min(1, clip‖w^t‖/(lr‖d^t‖)), its
+‖w^t‖ taken at the recorded linearization point like g^t, so it varies with
+d^t only), or, with ``log=True``, the mean
 log-loss (1/H) Σ_t log l(x^t, w^t) (Wichrowska et al. 2017), which weighs the
 late, small losses of a run as much as the early ones; treating the target net's
 derivatives as constants, as L2L does (Andrychowicz et al. 2016, and

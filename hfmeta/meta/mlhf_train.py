@@ -13,7 +13,11 @@ r_0^t (so the RNN inputs are constants), through l(x^t, w^t) or through the
 softmax weights; the LSTM states are *not* stopped (BPTT across the unroll).
 With them, l_s^t depends on the meta-parameters only through d^t:
 
-    ∂l_s^t/∂d^t = −lr · J_clipᵀ (∇l(x^{t+1}, w^{t+1}) + ∇l(x^t, w^{t+1}))
+    ∂l_s^t/∂d^t = −lr · u^t · J_clipᵀ (∇l(x^{t+1}, w^{t+1}) + ∇l(x^t, w^{t+1}))
+
+(w^{t+1} = w^t − lr · u^t · c(d^t) · d^t with u^t the step noise and c the
+clip scale of :func:`hfmeta.meta.mlhf.clip_step`; J_clip is the Jacobian of
+d ↦ c(d)·d, :func:`clip_step_vjp`; l_s^t is weighted by 10 · softmax(l_s)_t)
 
 and the first gradient is the next step's g^{t+1} anyway.  So the PCG
 backward of step t (self-gradient trick, :func:`hfmeta.pcg.pcg_backward`)
@@ -71,7 +75,7 @@ class Frozen:
 
 @dataclass
 class UnrollResult:
-    l_s: float
+    l_s: float              # ls_weight · l_s (10 · l_s by default), as it trains RNN_s
     l_p: float
     grad: object            # meta-gradient [θ̄_s, θ̄_p] (None when not asked)
     w: object               # w^T, to continue from

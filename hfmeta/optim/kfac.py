@@ -9,6 +9,7 @@ For a Linear or Conv2d layer with weight and bias read as one matrix
 approximated by a Kronecker product ``F ≈ A ⊗ G`` of
 
     A = E_{n,t}[ā āᵀ]              (K+1, K+1)   ā = (input patch, 1)
+                                   (K, K), ā = input patch, for a layer without bias
     G = |T| · E_{n,t}[ds dsᵀ]      (o, o)        ds = ∂(−log p(ỹ|x))/∂s
 
 where t runs over the |T| output locations (one for a Linear layer), the
@@ -114,7 +115,8 @@ def factors(layer, cache, dy):
 
 
 def damped_inverses(A, G, damping):
-    """``((A + γ_A I)⁻¹, (G + γ_G I)⁻¹)`` with π-corrected Tikhonov damping."""
+    """``((A + γ_A I)⁻¹, (G + γ_G I)⁻¹)`` with π-corrected Tikhonov damping
+    (module docstring; π = 1 when the trace ratio is 0 or not finite)."""
     xp = backend.get_array_module(A)
     pi = float(xp.sqrt((xp.trace(A) / A.shape[0]) / (xp.trace(G) / G.shape[0])))
     if not np.isfinite(pi) or pi == 0:
