@@ -8,7 +8,7 @@ from hfmeta.errors import UserError
 from hfmeta.gradcheck import central_difference, rel_error
 from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from hfmeta.meta.mlhf import MLHF, MLHFNets, mlhf_direction
-from hfmeta.meta.mlhf_train import MetaTrainer, held_out_start, unroll
+from hfmeta.meta.mlhf_train import CURVATURE_TINY, MetaTrainer, held_out_start, l_p_term, unroll
 from hfmeta.model import Model
 from hfmeta.params import KINDS
 from hfmeta.problem import Problem
@@ -95,6 +95,30 @@ def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(
         errors[which] = rel_error(np.array(an), np.array(fd))
     print("MLHF meta-gradient relative errors:", errors)
     assert errors["l_s"] < 1e-6 and errors["l_p"] < 1e-6
+
+
+@pytest.mark.parametrize("q_sign", [1.0, -1.0])
+def test_l_p_term_cotangents_match_finite_differences(q_sign):
+    """l = −⟨d, g⟩ / sqrt(⟨d, g − r⟩): central differences in d and r, both where
+    q = ⟨d, g − r⟩ is positive and where it is negative and floored at
+    CURVATURE_TINY (then only ⟨d, g⟩ moves l)."""
+    rng = np.random.default_rng(0)
+    g, d = rng.standard_normal(7), rng.standard_normal(7)
+    Ad = q_sign * d * (1 + rng.uniform(size=7))        # ⟨d, A d⟩ has the sign of q_sign
+    r = g - Ad
+    q = float(d @ (g - r))
+    assert (q > CURVATURE_TINY) == (q_sign > 0)
+    _, d_bar, r_bar = l_p_term(d, g, r)
+    unit = np.eye(7)
+    fd_d = np.array([central_difference(lambda v: l_p_term(v, g, r)[0], d, e, 1e-4)
+                     for e in unit])
+    fd_r = np.array([central_difference(lambda v: l_p_term(d, g, v)[0], r, e, 1e-4)
+                     for e in unit])
+    assert rel_error(d_bar, fd_d) < 1e-8
+    if q_sign > 0:
+        assert rel_error(r_bar, fd_r) < 1e-8
+    else:
+        assert np.all(r_bar == 0) and np.abs(fd_r).max() == 0
 
 
 def test_meta_gradient_without_rnn_p():

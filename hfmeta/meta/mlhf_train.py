@@ -100,13 +100,19 @@ def l_p_term(d, g, r):
 
         l = −a / sqrt(q),   a = ⟨d, g⟩,   q = ⟨d, A d⟩ = ⟨d, g − r⟩
 
-    (A d from the PCG residual, as the released code; q floored at
-    CURVATURE_TINY), so ``∂l/∂d = −g/√q + (a / 2q^{3/2}) (g − r)`` and
-    ``∂l/∂r = −(a / 2q^{3/2}) d``.  l_p is the mean of l over the unroll."""
+    (A d from the PCG residual, as the released code), so
+    ``∂l/∂d = −g/√q + (a / 2q^{3/2}) (g − r)`` and ``∂l/∂r = −(a / 2q^{3/2}) d``.
+    Where q < CURVATURE_TINY it is floored there, a constant, and the gradient
+    is that of the floored loss: ``∂l/∂d = −g/√q``, ``∂l/∂r = 0`` (like PCG's
+    guards, the gradient follows the active branch).  l_p is the mean of l
+    over the unroll."""
     xp = backend.get_array_module(d)
     Ad = g - r
-    a, q = float(xp.dot(d, g)), max(float(xp.dot(d, Ad)), CURVATURE_TINY)
-    c = 0.5 * a / q ** 1.5
+    a, q = float(xp.dot(d, g)), float(xp.dot(d, Ad))
+    if q < CURVATURE_TINY:
+        q, c = CURVATURE_TINY, 0.0
+    else:
+        c = 0.5 * a / q ** 1.5
     return -a / math.sqrt(q), -g / math.sqrt(q) + c * Ad, -c * d
 
 
