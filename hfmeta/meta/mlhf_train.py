@@ -265,7 +265,9 @@ class MetaTrainer:
     (1e-3; 1e-2 for ResNets), ``l2`` (2e-7), ``max_grad_norm`` (global-norm
     clip of the meta-gradient, 1.0), ``reset_prob`` (0.7; 0.5 for ResNets),
     ``buffer`` replay capacity (200), ``store_every`` (store the current
-    weights every this many meta-iterations), ``clip``/``noise`` (the
+    weights every this many meta-iterations; fresh nets are not stored
+    separately, as METHODS.md suggests, but keep coming from the buffer's
+    1/(len + 1) fresh draws, :class:`~hfmeta.meta.common.ReplayBuffer`), ``clip``/``noise`` (the
     released code's step clip and noise), ``train`` (which meta-nets learn:
     "sp" both, the paper; "s" or "p" keeps the other at its initialisation,
     or at the values of ``resume_from``), ``inputs`` (the RNN input
