@@ -3,7 +3,7 @@
 Each command lives in its own module of this package and exposes a Click
 object named ``command``; :data:`COMMANDS` lists the modules in help order.
 Errors a user can cause end with one line on stderr and a non-zero exit code,
-never a traceback (see :func:`main`).
+never a traceback (see :class:`Group`).
 """
 from __future__ import annotations
 

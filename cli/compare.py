@@ -45,7 +45,8 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
 @click.option("--steps", metavar="N", type=click.IntRange(min=1), default=None)
 @click.option("--eval-every", metavar="N", type=click.IntRange(min=1), default=None)
 @click.option("--grid/--no-grid", default=True, show_default=True,
-              help="Tune each hand-crafted optimizer over its MLHF Table 1 grid.")
+              help="Tune each hand-crafted optimizer over its MLHF Table 1 grid (SOU's grid "
+                   "is hfmeta's own; martens-hf has one point).")
 @click.option("--hp", "hps", multiple=True, metavar="OPT:NAME=VALUE",
               help="Fix a hyper-parameter of one optimizer, e.g. adam:lr=0.001 (repeatable); "
                    "the grid tunes the others.")

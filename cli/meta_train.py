@@ -64,7 +64,7 @@ def _mean(history, key, part):
 @click.option("--eval-every", default=0, show_default=True, metavar="N", type=click.IntRange(min=0),
               help="Meta-iterations between evaluations on the fixed held-out unrolls "
                    "(a 'validation' line in the log; 0: only before and after, the one before "
-                   "written at once).")
+                   "written at once).  MLHF only: l2l and slstm are not evaluated.")
 @click.pass_context
 def command(ctx, method, model, model_opts, data, split, batch_size, iterations, opts, out,
             resume, force, save_every, eval_every):

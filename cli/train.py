@@ -114,8 +114,8 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
             steps, eval_every, checkpoint_every, augment, precise_bn, out, resume):
     """Train a network; log metrics, checkpoint, print a summary.
 
-    With no options it trains `cnn-small` on the shipped 5,000 MNIST digits
-    for 3 epochs on the CPU with the shipped meta-trained MLHF (LSTM-predicted
+    With no options it trains `cnn-small` on the 4,000 training digits of the
+    shipped mnist5k for 3 epochs on the CPU with the shipped meta-trained MLHF (LSTM-predicted
     damping and preconditioner, 4-step PCG; hfmeta/meta/shipped/README.md says
     how it was meta-trained).
     """

@@ -2,7 +2,7 @@
 
 Layout of a prepared dataset file (``FORMAT_VERSION`` 1)::
 
-    /train/images   uint8  (n, c, h, w)   NCHW, gzip-compressed, chunked by image
+    /train/images   uint8  (n, c, h, w)   NCHW, gzip-compressed, chunks of 16 images
     /train/labels   int64  (n,)
     /test/images    uint8  (m, c, h, w)
     /test/labels    int64  (m,)

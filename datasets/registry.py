@@ -6,7 +6,7 @@ real dataset ``mnist5k`` ships inside the installed package and is always
 found there.
 
     resolve("cifar10")          -> path of the prepared file (or UserError)
-    prepare("mnist", src="~/Downloads/mnist")
+    prepare("mnist", src="/data/mnist")    # src is not ~-expanded here (the CLI does it)
     prepare("cifar10", download=True)
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ item           what is timed
 =============  ===============================================================
 fwdbwd         forward + backward (gradient) at a fresh point
 gvp            one Gauss-Newton-vector product at a kept linearization
-pcg            one PCG solve with n = 4 (5 products with G + diag(s))
+pcg            one PCG solve with n = 4 (4 products with G + diag(s): zero start)
 sgd, adam, …   one step of each hand-crafted optimizer (default settings; the
                K-FAC median is a step without the inversion that comes every
                20 steps; HF's cost follows its CG iterations)

@@ -12,9 +12,10 @@ meta-trained on the first 3/5 of the training set (``"meta"``), the target
 net is trained on the remaining 2/5 (``"target"``), test accuracy is reported
 on the test set (``"test"``); ``"train"`` is the whole training set.
 
-Batches are streamed from the file: each one is a read of a sorted index set
-(h5py's fancy reads need increasing indices), put back into the shuffled
-order in memory.  The order of epoch e is ``default_rng([seed, e])``'s
+Batches of a split too large for memory (see :class:`Split`; smaller splits
+are read into RAM once) are streamed from the file: each one is a read of a
+sorted index set (h5py's fancy reads need increasing indices), put back into
+the shuffled order in memory.  The order of epoch e is ``default_rng([seed, e])``'s
 permutation and the augmentation of step k of epoch e draws from
 ``default_rng([seed, e, k, 1])``, so batch number k is a pure function of
 (seed, k): a run resumed at step k sees exactly the batches an uninterrupted

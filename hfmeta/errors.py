@@ -16,6 +16,6 @@ class UserError(Exception):
 
 
 class NonFiniteLoss(UserError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss (or weights); the last good checkpoint is kept."""
 
     exit_code = 3

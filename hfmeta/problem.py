@@ -11,9 +11,10 @@ Every optimizer, hand-crafted or learned, sees the network only through a
 
 A batch is ``(x, y)`` on the model's device.  Batch-norm running statistics
 (``problem.state``) are *not* touched by these calls, so line searches and
-meta-training may evaluate many points; the training loop calls
+meta-training may evaluate many points; each optimizer's ``step`` calls
 ``problem.commit_state(lin)`` once per step with the linearization of the
-step's gradient.
+step's gradient (:meth:`hfmeta.optim.base.Optimizer.gradient`); the training
+loop does not.
 """
 from __future__ import annotations
 

@@ -29,7 +29,9 @@ top-level ``config``        JSON text attribute ``config``   dict
 Writes are atomic: the file is written under a temporary name in the same
 directory, flushed, fsync'ed and then moved over the destination with
 ``os.replace``, so a run killed mid-write leaves the previous checkpoint
-intact and no stray temporary file.  Reading a corrupt or truncated file
+intact.  On an exception (Ctrl-C included) the temporary file is removed; a
+hard kill (SIGKILL, power loss) can leave a stray ``.<name>.*.tmp`` beside
+it.  Reading a corrupt or truncated file
 raises :class:`hfmeta.errors.UserError` with a one-line message.
 """
 from __future__ import annotations

@@ -12,8 +12,9 @@ A run folder holds
 * ``metrics.jsonl`` -- one JSON object per line: ``{"kind": "step", "step",
   "samples", "wall", "loss", ...optimizer info}`` every ``log_every`` steps and
   ``{"kind": "eval", "step", "samples", "wall", "train_loss", "test_loss",
-  "test_acc"}`` at every evaluation (``wall`` counts training time only, not
-  evaluation, so curves against wall time compare optimizers fairly),
+  "test_acc"}`` at every evaluation (``wall`` counts the optimizer steps only,
+  not batch loading or evaluation, so curves against wall time compare
+  optimizers fairly),
 * ``checkpoint.h5`` -- weights, optimizer state, batch-norm running
   statistics, the data stream position and the clock, written atomically
   every ``checkpoint_every`` steps and at the end,
@@ -23,8 +24,8 @@ Resuming reloads the checkpoint, drops metric lines written after it, and
 continues; because the batch of step k is a pure function of (seed, k) and
 the optimizer state is saved exactly, a resumed run ends with the same
 weights as an uninterrupted one.  Ctrl-C (SIGINT) finishes the current step,
-saves, and exits; a non-finite loss stops the run and keeps the last good
-checkpoint.
+saves, and exits; a non-finite loss (or non-finite weights after a step)
+stops the run and keeps the last good checkpoint.
 """
 from __future__ import annotations
 
