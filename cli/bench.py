@@ -1,8 +1,6 @@
 """``hfmeta bench``: time the building blocks and the optimizers on one net."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from .params import InShape, in_existing_folder
@@ -44,6 +42,7 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
     Set OPENBLAS_NUM_THREADS before running to control BLAS threads.
     """
     from hfmeta import bench
+    from hfmeta.storage import write_json
 
     known = bench.all_items()
     chosen = known if items == "all" else tuple(i.strip() for i in items.split(",") if i.strip())
@@ -64,7 +63,6 @@ def command(ctx, model, model_opts, in_shape, classes, batch_size, items, repeat
     click.echo(f"clock: {clock}")
     click.echo(bench.format_table(net, results, batch_size))
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump({"model": model, "params": net.num_params, "batch": batch_size,
-                       "device": ctx.obj["device"], "dtype": ctx.obj["dtype"],
-                       "clock": clock, "results": results}, f, indent=2)
+        write_json(json_out, {"model": model, "params": net.num_params, "batch": batch_size,
+                              "device": ctx.obj["device"], "dtype": ctx.obj["dtype"],
+                              "clock": clock, "results": results}, indent=2)

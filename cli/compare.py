@@ -1,7 +1,6 @@
 """``hfmeta compare``: several optimizers, each tuned over its grid, one table."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -68,6 +67,7 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
     from hfmeta.errors import NonFiniteLoss, UserError
     from hfmeta.meta.registry import LEARNED
     from hfmeta.optim import OPTIMIZERS, grid as table1_grid
+    from hfmeta.storage import write_json
     from hfmeta.train import Run, RunConfig
 
     obj = ctx.obj
@@ -145,7 +145,7 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
                      f"{100 * s['test_acc']:8.2f}% {s['wall']:8.1f}  {_label(s['hparams'])}  "
                      f"{s['run_dir']}")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump([{"optimizer": n, "grid_points": k, **s} for n, k, s in rows], f, indent=2,
-                  default=float)
+    write_json(os.path.join(out, "compare.json"),
+               [{"optimizer": n, "grid_points": k, **s} for n, k, s in rows], indent=2,
+               default=float)
     click.echo("\n".join(table))

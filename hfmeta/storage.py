@@ -31,7 +31,8 @@ directory, flushed, fsync'ed and then moved over the destination with
 ``os.replace``, so a run killed mid-write leaves the previous checkpoint
 intact.  On an exception (Ctrl-C included) the temporary file is removed; a
 hard kill (SIGKILL, power loss) can leave a stray ``.<name>.*.tmp`` beside
-it.  Reading a corrupt or truncated file
+it.  :func:`write_json` writes JSON files (a run's config and summary) the same
+way.  Reading a corrupt or truncated file
 raises :class:`hfmeta.errors.UserError` with a one-line message.
 """
 from __future__ import annotations
@@ -54,13 +55,11 @@ _ROOT_ATTRS = ("format_version", "kind", "config")   # reserved at the top level
 
 
 @contextlib.contextmanager
-def atomic_hdf5(path):
-    """Open ``path`` for writing as an HDF5 file that appears only when complete.
-
-    Yields an ``h5py.File`` on a temporary file in the destination directory;
-    on normal exit the file is flushed, fsync'ed and renamed to ``path``; on
-    any exception the temporary file is removed and the destination untouched.
-    """
+def atomic_replace(path):
+    """Yield a temporary path in ``path``'s directory; on normal exit the file
+    written there is fsync'ed and renamed to ``path`` (the destination changes
+    in one step, or not at all); on any exception it is removed and the
+    destination untouched."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -68,9 +67,7 @@ def atomic_hdf5(path):
                                suffix=".tmp")
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.flush()
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())          # mkstemp made it private (0600)
@@ -80,6 +77,24 @@ def atomic_hdf5(path):
             os.remove(tmp)
         raise
     _fsync_directory(directory)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path):
+    """Open ``path`` for writing as an HDF5 file that appears only when complete
+    (an ``h5py.File`` on a temporary file, :func:`atomic_replace`)."""
+    with atomic_replace(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f
+            f.flush()
+
+
+def write_json(path, obj, **dump_options):
+    """``json.dump(obj)`` to ``path`` atomically (:func:`atomic_replace`): a run's
+    config.json or summary.json is either the old one or the new one, never half."""
+    with atomic_replace(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, **dump_options)
 
 
 def _umask():

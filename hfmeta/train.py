@@ -16,15 +16,19 @@ A run folder holds
   not batch loading or evaluation, so curves against wall time compare
   optimizers fairly),
 * ``checkpoint.h5`` -- weights, optimizer state, batch-norm running
-  statistics, the data stream position and the clock, written atomically
-  every ``checkpoint_every`` steps and at the end,
+  statistics, the data stream position, the clock and the batch losses since
+  the last evaluation, written atomically every ``checkpoint_every`` steps and
+  at the end,
 * ``summary.json``  -- the final numbers.
 
-Resuming reloads the checkpoint, drops metric lines written after it, and
-continues; because the batch of step k is a pure function of (seed, k) and
-the optimizer state is saved exactly, a resumed run ends with the same
-weights as an uninterrupted one.  Ctrl-C (SIGINT) finishes the current step,
-saves, and exits; a non-finite loss (or non-finite weights after a step)
+config.json and summary.json are written atomically too
+(:func:`hfmeta.storage.write_json`).  Resuming reloads the checkpoint, drops
+metric lines written after it, and continues; because the batch of step k is a
+pure function of (seed, k) and the optimizer state is saved exactly, a resumed
+run ends with the same weights, and logs the same evaluations, as an
+uninterrupted one (a run killed after its last checkpoint but before its
+summary resumes to write the summary).  Ctrl-C (SIGINT) finishes the current
+step, saves, and exits (on the last step it finishes the run); a non-finite loss (or non-finite weights after a step)
 stops the run and keeps the last good checkpoint.
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ from . import backend
 from .checks import COUNT, NATURAL, POSITIVE, check_options, optional
 from .errors import NonFiniteLoss, UserError
 from .problem import Problem
+from .storage import write_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"
 
@@ -137,13 +142,13 @@ class Run:
                                                 augment=False, dtype=cfg.dtype,
                                                 device=cfg.device)
                            if cfg.precise_bn else None)
+        self._window = []        # batch losses since the last evaluation (checkpointed)
         if checkpoint is None:
             self.w = self.model.init(cfg.seed)
             self.opt_state = self.opt.init(self.w)
             self.step, self.wall = 0, 0.0
         else:
             self._restore(checkpoint)
-        self._window = []        # batch losses since the last evaluation
 
     # -- construction ------------------------------------------------------------
     @classmethod
@@ -153,8 +158,7 @@ class Run:
                             f"or choose another --out")
         run = cls(cfg, run_dir)        # validates model/data/optimizer before writing anything
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, CONFIG), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg), indent=2)
         open(os.path.join(run_dir, METRICS), "w").close()
         return run
 
@@ -163,7 +167,10 @@ class Run:
         """The run of ``run_dir`` at its checkpoint, ready to train on (``steps``: a new
         total); log lines written after the checkpoint are dropped."""
         run = cls.open(run_dir, steps=steps)
-        if run.step >= run.total_steps:     # training on would only log a spurious evaluation
+        finished = os.path.exists(os.path.join(run_dir, SUMMARY))
+        if run.step >= run.total_steps and (finished or run._logged_eval() is None):
+            # training on would only log a spurious evaluation; a run stopped between its
+            # last checkpoint and its summary (a hard kill) resumes to write the summary
             raise UserError(f"{run_dir} has already taken {run.step} of its {run.total_steps} "
                             f"steps; resume with --steps above {run.step} to train on")
         run._truncate_metrics()
@@ -210,6 +217,16 @@ class Run:
                               for k, v in ck.get("bn_state", {}).items()}
         self.batches.load_state_dict(ck["data"])
         self.step, self.wall = int(ck["step"]), float(ck["wall"])
+        self._window = [float(v) for v in ck.get("window") or []]
+
+    def _logged_eval(self):
+        """The evaluation record already logged at the current step, or None."""
+        path = os.path.join(self.dir, METRICS)
+        if not os.path.exists(path):
+            return None
+        found = [record for _, record in read_metrics(path)
+                 if record["kind"] == "eval" and record["step"] == self.step]
+        return found[-1] if found else None
 
     def _truncate_metrics(self):
         """Drop log lines written after the checkpoint (they will be written again)."""
@@ -229,7 +246,7 @@ class Run:
                         config=dataclasses.asdict(self.cfg), layout=self.model.layout,
                         weights={"w": self.w}, optimizer=self.opt.state_to_dict(self.opt_state),
                         bn_state=dict(self.problem.state), data=self.batches.state_dict(),
-                        step=self.step, wall=self.wall)
+                        step=self.step, wall=self.wall, window=list(self._window))
 
     def _log(self, record):
         with open(os.path.join(self.dir, METRICS), "a") as f:
@@ -308,11 +325,11 @@ class Run:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self.save()
-        if interrupted:
+        if interrupted and self.step < self.total_steps:     # on the last step: finish
             raise UserError(f"interrupted at step {self.step}; checkpoint saved; continue with "
                             f"hfmeta train --resume {self.dir}", exit_code=130)
         if last_eval is None or last_eval["step"] != self.step:
-            last_eval = self.evaluate()
+            last_eval = self._logged_eval() or self.evaluate()
         summary = {"model": self.cfg.model, "params": self.model.num_params,
                    "data": self.cfg.data, "split": self.cfg.split,
                    "optimizer": self.cfg.optimizer, "steps": self.step,
@@ -323,8 +340,7 @@ class Run:
             summary.update(precise_bn=self.cfg.precise_bn,
                            running_test_loss=last_eval["running_test_loss"],
                            running_test_acc=last_eval["running_test_acc"])
-        with open(os.path.join(self.dir, SUMMARY), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(self.dir, SUMMARY), summary, indent=2)
         return summary
 
 

@@ -82,6 +82,19 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, rng):
     np.testing.assert_array_equal(ck["weights"]["w"], np.arange(5.0))
 
 
+def test_json_written_atomically(tmp_path):
+    """config.json / summary.json: a write that fails half-way (here json.dump meets an
+    object it cannot encode after writing part of the text) leaves the old file whole."""
+    path = tmp_path / "summary.json"
+    storage.write_json(path, {"step": 1}, indent=2)
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        storage.write_json(path, {"step": 2, "bad": object()}, indent=2)
+    assert path.read_text() == before and sorted(os.listdir(tmp_path)) == ["summary.json"]
+    storage.write_json(path, {"step": 3})
+    assert path.read_text() == '{"step": 3}'
+
+
 def test_overwrite_replaces(tmp_path):
     path = tmp_path / "ckpt.h5"
     storage.save_checkpoint(path, step=1)

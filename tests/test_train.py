@@ -120,6 +120,43 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = [json.loads(x)["step"] for x in open(killed / "metrics.jsonl")
              if json.loads(x)["kind"] == "step"]
     assert steps == list(range(1, 601))          # no duplicated or missing lines
+    # the evaluations too, training loss included: the window of batch losses since the
+    # last evaluation is checkpointed (it used to restart empty at the resume)
+    assert _evals(killed) == _evals(clean) and len(_evals(clean)) == 12
+
+
+def _evals(run_dir):
+    return [{k: v for k, v in record.items() if k != "wall"}
+            for record in map(json.loads, open(run_dir / "metrics.jsonl"))
+            if record["kind"] == "eval"]
+
+
+def _tiny_config(**options):
+    from hfmeta.train import RunConfig
+    return RunConfig(model="mlp", model_options={"hidden": [16]}, optimizer="adam",
+                     batch_size=32, **options)
+
+
+def test_ctrl_c_on_the_last_step_finishes_the_run(tmp_path):
+    """It used to save, skip summary.json and advise --resume, which then refused
+    ('already taken 4 of its 4 steps')."""
+    from hfmeta.train import Run
+    run = Run.create(_tiny_config(steps=4), str(tmp_path / "r"))
+    summary = run.train(on_step=lambda step, info: step == 4 and os.kill(os.getpid(),
+                                                                          signal.SIGINT))
+    assert summary["steps"] == 4 and (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_run_killed_before_its_summary_resumes_to_write_it(tmp_path):
+    from hfmeta.train import Run
+    run_dir = tmp_path / "r"
+    done = Run.create(_tiny_config(steps=6, eval_every=3), str(run_dir)).train()
+    (run_dir / "summary.json").unlink()                 # as if killed after the last save
+    r = invoke("-q", "train", "--resume", str(run_dir))
+    assert r.exit_code == 0, r.output
+    assert json.loads((run_dir / "summary.json").read_text()) == done
+    assert len(_evals(run_dir)) == 2                     # nothing evaluated again
+    one_line_error(invoke("-q", "train", "--resume", str(run_dir)), 1, "already taken 6 of its 6")
 
 
 def test_sigint_saves_and_exits_cleanly(tmp_path):
