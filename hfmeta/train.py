@@ -344,10 +344,24 @@ class Run:
         return summary
 
 
+#: the numbers every metrics record of a kind carries (besides its integer ``step``)
+METRIC_FIELDS = {"step": ("samples", "wall", "loss"),
+                 "eval": ("samples", "wall", "train_loss", "test_loss", "test_acc")}
+
+
+def _is_record(record):
+    return (isinstance(record, dict) and record.get("kind") in METRIC_FIELDS
+            and isinstance(record.get("step"), int)
+            and all(isinstance(record.get(key), (int, float))
+                    and not isinstance(record.get(key), bool)
+                    for key in METRIC_FIELDS[record["kind"]]))
+
+
 def read_metrics(path):
     """``[(line, record)]`` of a run's ``metrics.jsonl``.  A last line cut short (a run
-    killed while writing it) is left out; any other line that is not a record with a
-    ``kind`` and a ``step`` is a :class:`UserError` naming the file and line."""
+    killed while writing it) is left out; any other line that is not a record of a
+    known ``kind`` with its ``step`` and numbers (:data:`METRIC_FIELDS`) is a
+    :class:`UserError` naming the file and line."""
     with open(path) as f:
         lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
     out = []
@@ -358,8 +372,7 @@ def read_metrics(path):
             if number == len(lines):
                 break
             record = None
-        if not (isinstance(record, dict) and "kind" in record
-                and isinstance(record.get("step"), int)):
+        if not _is_record(record):
             raise UserError(f"{path}, line {number}: not a metrics record")
         out.append((line, record))
     return out

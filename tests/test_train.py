@@ -311,6 +311,20 @@ def test_a_metrics_line_cut_short_by_a_kill_does_not_block_resume_or_plot(tmp_pa
                    "metrics.jsonl, line 3: not a metrics record")
 
 
+@pytest.mark.parametrize("line", ['{"kind": "step", "step": 1}',
+                                  '{"kind": "eval", "step": 1, "samples": 32, "wall": 0.1, '
+                                  '"train_loss": 1.0, "test_loss": "x", "test_acc": 0.5}',
+                                  '{"kind": "other", "step": 1}'])
+def test_plot_of_a_record_without_its_numbers_is_one_line(tmp_path, line):
+    """plot read s["loss"] unchecked: a step record without it was a KeyError traceback."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    (out / "metrics.jsonl").write_text(line + "\n" + (out / "metrics.jsonl").read_text())
+    one_line_error(invoke("plot", str(out), "-o", str(tmp_path / "p.png")), 1,
+                   "metrics.jsonl, line 1: not a metrics record")
+
+
 @pytest.mark.parametrize("damage", ["config-list", "config-null-hparams", "config-cut",
                                     "meta-file-as-checkpoint"])
 def test_a_damaged_run_folder_is_one_line_and_is_left_alone(tmp_path, damage):
