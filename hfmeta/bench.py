@@ -1,4 +1,5 @@
-"""Benchmarks behind ``hfmeta bench`` (timings are medians over repeats, one run).
+"""Benchmarks behind ``hfmeta bench`` (timings are medians over repeats, one run;
+``unroll`` is one timed call).
 
 Each item is timed on one model, batch and dtype, all in the same process so
 that ratios between items (MLHF step / SGD step, Gv / forward+backward) are
@@ -16,7 +17,8 @@ sgd, adam, …   one step of each hand-crafted optimizer (default settings; the
 mlhf, l2l,     one step of each learned optimizer
 slstm
 mlhf-q         one MLHF step with a quarter-size curvature batch
-unroll         one MLHF meta-training unroll (T = 10, its own batch size)
+unroll         one MLHF meta-training unroll (T = 10, its own batch size): one
+               call, after an untimed one (see :func:`time_unroll`)
 =============  ===============================================================
 
 Items are timed round-robin (:func:`interleaved_medians`).
@@ -204,8 +206,10 @@ def unroll_call(problem, T, batch_size):
 
 def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
     """Time (``clock`` as :func:`interleaved_medians`) and peak memory of one MLHF
-    meta-training unroll of T steps.  On the GPU an untimed unroll runs first: the
-    first call compiles CuPy's kernels (H200, convnet: 10.0 s cold, 1.0 s warm)."""
+    meta-training unroll of T steps: one call, after an untimed one.  On NumPy the
+    untimed call measures the peak (:mod:`tracemalloc` slows every allocation, by
+    ~15% on this unroll, so it is not timed); on the GPU it compiles CuPy's kernels
+    (H200, convnet: 10.0 s cold, 1.0 s warm) and the timed call gives the peak."""
     xp = problem.model.xp
     if progress:
         progress("unroll")
@@ -213,11 +217,12 @@ def time_unroll(problem, T, batch_size, progress=None, clock="wall"):
     now = CLOCKS[clock]
     if xp is np:
         tracemalloc.start()
+        once()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
         t0 = now()
         once()
         seconds = now() - t0
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
     else:
         once()
         pool = xp.get_default_memory_pool()
