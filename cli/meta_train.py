@@ -33,6 +33,42 @@ def check_known_options(trainer_cls, method, options):
                         f"known: {', '.join(known)}")
 
 
+def truncate_log(log_path, iteration):
+    """Cut a meta-training log back to the saved ``iteration`` before a resume: the
+    lines of later iterations (logged after the last save, they will be run again),
+    the validation at ``iteration`` itself (the resumed run logs it first), the final
+    before/after ``evaluation`` (written anew at the end) and a last line cut short by
+    a kill.  Returns the validation logged at iteration 0, if any (the run's "before")."""
+    if not os.path.exists(log_path):
+        return None
+    with open(log_path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    keep, first = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise UserError(f"{log_path}, line {number}: not a meta-training log record") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{log_path}, line {number}: not a meta-training log record")
+        at = record.get("iteration")
+        if "evaluation" in record or not isinstance(at, int) or at > iteration:
+            continue
+        if "validation" in record:
+            if at == iteration:
+                continue
+            if at == 0 and first is None:
+                first = record["validation"]
+        keep.append(line)
+    tmp = log_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, log_path)
+    return first
+
+
 def _mean(history, key, part):
     values = [h[key] for h in part if key in h and np.isfinite(h[key])]
     return float(np.mean(values)) if values else float("nan")
@@ -51,7 +87,7 @@ def _mean(history, key, part):
               help="b_mt.")
 @click.option("--iterations", "-n", default=100, show_default=True,
               metavar="N", type=click.IntRange(min=1),
-              help="Meta-iterations (unrolls).")
+              help="Meta-iterations (unrolls) to run; with --resume, N more.")
 @click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE",
               help="Meta-trainer option, e.g. T=10, n=4, use_rnn_p=false, meta_lr=0.001.")
 @click.option("--out", required=True, callback=in_existing_folder,
@@ -93,12 +129,14 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     trainer_cls, options = get_meta_trainer(method), parse_hparams(opts, "--opt")
     check_known_options(trainer_cls, method, options)
     trainer = trainer_cls(Problem(net), batches, seed=obj["seed"], **options)
+    log_path = os.path.splitext(out)[0] + ".jsonl"
+    first = None
     if resume:
         trainer.resume_from(out)
+        first = truncate_log(log_path, trainer.iteration)
     evaluate = getattr(trainer, "evaluate", None)
     before = evaluate() if evaluate else None
     command_line = "hfmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    log_path = os.path.splitext(out)[0] + ".jsonl"
     quiet = obj.get("verbosity", 0) < 0
     history = []
     t0 = time.perf_counter()
@@ -113,6 +151,11 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
             log.flush()
 
         def on_iteration(stats):
+            if not np.all(np.isfinite(trainer.theta)):
+                kept = (f"{out} keeps the meta-parameters last saved" if os.path.exists(out)
+                        else "nothing was saved")
+                raise UserError(f"meta-parameters not finite after meta-iteration "
+                                f"{stats['iteration']} (lower meta_lr?); {kept}", exit_code=3)
             history.append(stats)
             log.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, float)) else v)
                                   for k, v in stats.items()}) + "\n")
@@ -132,7 +175,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
         finally:
             signal.signal(signal.SIGINT, previous)
     trainer.save(out, command=command_line, model_name=model)
-    if interrupted:
+    if interrupted and len(history) < iterations:      # on the last iteration: finish
         raise UserError(f"interrupted after meta-iteration {trainer.iteration}; meta-parameters "
                         f"saved in {out}; continue with --resume", exit_code=130)
     wall = time.perf_counter() - t0
@@ -146,6 +189,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
         click.echo(f"  {key:10s} first {k}: {_mean(history, key, history[:k]):+.4f}   "
                    f"last {k}: {_mean(history, key, history[-k:]):+.4f}")
     if before is not None:
+        before = first or before             # a resumed run: its very start
         click.echo("  on fixed held-out unrolls (same start nets and batches), before -> after:")
         for key in before:
             click.echo(f"  {key:10s} {before[key]:+.4f} -> {after[key]:+.4f}")

@@ -104,6 +104,26 @@ class ReplayBuffer:
         return fresh() if k == len(self.items) else self.items[k].copy()
 
 
+def draws_state(rng, batches):
+    """What a meta-parameter file keeps of a meta-training's randomness and data, so
+    that ``--resume`` goes on to new draws and batches: the ``numpy.random.Generator``
+    and the batch stream's position (when ``batches`` is a
+    :class:`~hfmeta.data.Batches`; a plain iterator has none)."""
+    saved = {"rng": rng}
+    if hasattr(batches, "state_dict"):
+        saved["batches"] = batches.state_dict()
+    return saved
+
+
+def restore_draws(extra, rng, batches):
+    """The generator to continue with, after moving ``batches`` to its saved position
+    (:func:`draws_state`; files written before either was saved keep ``rng`` and the
+    stream as they are)."""
+    if "batches" in extra and hasattr(batches, "load_state_dict"):
+        batches.load_state_dict(extra["batches"])
+    return extra.get("rng", rng)
+
+
 def save_meta(path, method, config, banks, extra=None):
     """Write a learned optimizer's meta-parameters.
 

@@ -35,7 +35,7 @@ from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range,
 from ..errors import UserError
 from ..optim.base import Optimizer
 from .bank import LSTMBank
-from .common import MetaAdam, ReplayBuffer, load_meta, save_meta
+from .common import MetaAdam, ReplayBuffer, draws_state, load_meta, restore_draws, save_meta
 from .preprocess import LogSign, Scale
 from .registry import shipped_path
 from .unroll import CoordinateGroups, CoordinateRule, meta_gradient, transfer_bank
@@ -281,14 +281,16 @@ class MetaTrainer:
                   "trainer": dict(self.options), "iterations": self.iteration, "command": command}
         save_meta(path, self.opt.name, config, {"lstm": (self.opt.rule.bank, self.theta)},
                   extra={"adam": self.adam.state_dict(), "iteration": self.iteration,
-                         "wall": self.wall})
+                         "wall": self.wall, **draws_state(self.rng, self.batches)})
 
     def resume_from(self, path):
-        """Continue meta-training from :meth:`save`'s file: meta-parameters, Adam state and
-        iteration count; the data stream, the replay buffer and the reset draws
-        start afresh (the buffer holds up to ``buffer`` copies of the target net's weights,
-        too large to checkpoint), so unlike ``hfmeta train --resume`` a resumed
-        meta-training does not repeat the uninterrupted one bit for bit."""
+        """Continue meta-training from :meth:`save`'s file: meta-parameters, Adam state,
+        iteration count, and the positions of the data stream and of the random draws, so
+        a resumed run goes on to new batches and resets (files from before they were saved
+        start both afresh).  The replay buffer and the target net under way start afresh
+        (the buffer holds up to ``buffer`` copies of the target net's weights, too large to
+        checkpoint), so unlike ``hfmeta train --resume`` a resumed meta-training does not
+        repeat the uninterrupted one bit for bit."""
         model = self.problem.model
         config, banks, extra = load_meta(path, self.opt.name, model.xp, model.dtype)
         bank, theta = banks["lstm"]
@@ -303,3 +305,4 @@ class MetaTrainer:
         self.adam.load_state_dict(extra["adam"], model.xp)
         self.iteration = int(extra.get("iteration", 0))
         self.wall = float(extra.get("wall", 0.0))
+        self.rng = restore_draws(extra, self.rng, self.batches)

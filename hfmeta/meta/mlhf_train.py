@@ -51,7 +51,7 @@ from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Choice
                       check_options, optional)
 from ..errors import UserError
 from ..layers.base import lean_caches
-from .common import MetaAdam, ReplayBuffer
+from .common import MetaAdam, ReplayBuffer, draws_state, restore_draws
 from .mlhf import SOFTPLUS, MLHFNets, check_restart, clip_step, mlhf_direction, warm_start
 from .mlhf_es import ES_PARAMS
 from ..pcg import pcg_backward
@@ -509,14 +509,18 @@ class MetaTrainer:
                                      "train": self.train, "objective": self.objective,
                                      "restart": self.restart,
                                      "command": command},
-                       extra={"adam": self.adam.state_dict(), "iteration": self.iteration})
+                       extra={"adam": self.adam.state_dict(), "iteration": self.iteration,
+                              **draws_state(self.rng, self.batches)})
 
     def resume_from(self, path):
         """Continue meta-training from :meth:`save`'s file: meta-parameters, Adam state (when
-        the same meta-nets are trained) and iteration count; the data stream, the replay
-        buffer and the reset draws start afresh (the buffer holds up to ``buffer`` copies of
-        the target net's weights, too large to checkpoint), so unlike ``hfmeta train
-        --resume`` a resumed meta-training does not repeat the uninterrupted one bit for bit."""
+        the same meta-nets are trained), iteration count, and the positions of the data
+        stream and of the random draws (resets, step noise, ES perturbations), so a resumed
+        run goes on to new batches and draws (files from before they were saved start both
+        afresh).  The replay buffer and the target net under way start afresh (the buffer
+        holds up to ``buffer`` copies of the target net's weights, too large to checkpoint),
+        so unlike ``hfmeta train --resume`` a resumed unroll meta-training does not repeat
+        the uninterrupted one bit for bit; ES, which keeps neither, does."""
         nets, theta, config, extra = MLHFNets.load(path, self.xp, self.dtype)
         if nets.config() != {**self.nets.config(), "b_mt": nets.b_mt}:
             raise UserError(f"{path}: meta-nets configured differently from this meta-training")
@@ -525,3 +529,4 @@ class MetaTrainer:
                 and len(extra["adam"]["m"]) == len(self.adam.m)):   # the same coordinates
             self.adam.load_state_dict(extra["adam"], self.xp)    # else: fresh Adam moments
         self.iteration = int(extra.get("iteration", 0))
+        self.rng = restore_draws(extra, self.rng, self.batches)
