@@ -109,6 +109,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     Example (the paper's objective, as the shipped mlhf_paper.h5 was made):
     hfmeta meta-train --method mlhf -b 128 --iterations 100 --opt meta_lr=0.01 --out mlhf.h5
     """
+    from hfmeta.backend import get_array_module
     from hfmeta.data import open_dataset
     from hfmeta.meta.registry import get_meta_trainer
     from hfmeta.models import build
@@ -151,7 +152,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
             log.flush()
 
         def on_iteration(stats):
-            if not np.all(np.isfinite(trainer.theta)):
+            if not bool(get_array_module(trainer.theta).isfinite(trainer.theta).all()):
                 kept = (f"{out} keeps the meta-parameters last saved" if os.path.exists(out)
                         else "nothing was saved")
                 raise UserError(f"meta-parameters not finite after meta-iteration "
