@@ -38,6 +38,7 @@ raises :class:`hfmeta.errors.UserError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -72,21 +73,31 @@ def atomic_replace(path):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())          # mkstemp made it private (0600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError):               # a full disk, a vanished folder, ...
+            raise UserError(f"cannot write {path}: {e.strerror or e}; the previous file, if "
+                            f"any, is unchanged") from None
         raise
     _fsync_directory(directory)
 
 
 @contextlib.contextmanager
 def atomic_hdf5(path):
-    """Open ``path`` for writing as an HDF5 file that appears only when complete
-    (an ``h5py.File`` on a temporary file, :func:`atomic_replace`)."""
+    """Open ``path`` for writing as an HDF5 file that appears only when complete.
+
+    The ``h5py.File`` is built in memory and its bytes written with plain Python I/O
+    (:func:`atomic_replace`): a full disk is then an ``OSError`` like any other,
+    where HDF5 writing to it directly fails in its own layers (RuntimeErrors while
+    flushing and closing, and a crash at exit).  A checkpoint is held twice in memory
+    for a moment (weights and optimizer state: tens of MB for the zoo's nets)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
     with atomic_replace(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.flush()
+        with open(tmp, "wb") as out:
+            out.write(buffer.getbuffer())
 
 
 def write_json(path, obj, **dump_options):

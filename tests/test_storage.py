@@ -95,6 +95,23 @@ def test_json_written_atomically(tmp_path):
     assert path.read_text() == '{"step": 3}'
 
 
+def test_a_failing_disk_is_one_user_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A full disk (ENOSPC) while a checkpoint is written: HDF5 builds the file in
+    memory, so the failure is Python I/O's, reported as one line naming the file."""
+    path = tmp_path / "ckpt.h5"
+    storage.save_checkpoint(path, step=1)
+    before = path.read_bytes()
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(storage.os, "fsync", no_space)
+    with pytest.raises(UserError, match=f"cannot write {path}: No space left on device"):
+        storage.save_checkpoint(path, step=2)
+    with pytest.raises(UserError, match="No space left"):
+        storage.write_json(tmp_path / "summary.json", {"step": 2})
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["ckpt.h5"]
+
+
 def test_overwrite_replaces(tmp_path):
     path = tmp_path / "ckpt.h5"
     storage.save_checkpoint(path, step=1)
