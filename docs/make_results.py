@@ -944,7 +944,13 @@ def render_fig4(e):
           "unroll's solves widens it on the other half (−40%).  On `convnet` (the paper's "
           "model for this figure, at width 0.5; [`mlhf_probe_convnet.md`](mlhf_probe_convnet.md)) "
           "the pattern is the same: the oracle closes 92%, the local rule 15% on held-out "
-          "solves, and the oracle's P used on the next solve −163%.", "",
+          "solves, and the oracle's P used on the next solve −163%.  Nor is the oracle "
+          "the solution in disguise (probe section 6): PCG solves P y = r, so P = r_0 ⊘ "
+          "A⁻¹r_0 would be exact in one iteration (`tests/test_pcg.py`), but a positive P "
+          "can follow it only where r_0 and the correction share a sign (69% of the "
+          "coordinates on `cnn-small`, 82% on `convnet`), following it there widens the gap "
+          "(−64%, −224%), and the oracle's log P correlates 0.36 and 0.08 with that ratio: "
+          "what the oracle finds is particular to each solve.", "",
           "Longer meta-training on `convnet` itself, on a GPU ([`fig4_gpu.md`](fig4_gpu.md): "
           "up to 240 meta-iterations per configuration, b_mt = 64): training RNN_p alone "
           "leaves the held-out l_p where it was, and the configurations' l_p differ by the "
