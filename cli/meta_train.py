@@ -19,18 +19,37 @@ from .train import parse_hparams, parse_options
 
 
 def check_known_options(trainer_cls, method, options):
-    """A one-line error for an option the trainer does not take (one that takes ``**options``
-    hands them on to its optimizer, which checks them)."""
+    """A one-line error for an option the trainer does not take, listing those it does (a
+    trainer that takes ``**options`` knows its ``defaults`` and its optimizer's)."""
     if "seed" in options:
         raise UserError("give the seed as `hfmeta --seed N meta-train ...`, not as --opt seed")
     params = inspect.signature(trainer_cls).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    known = [name for name in params if name not in ("problem", "batches")]
+        # L2L/SLSTM: the trainer's own options, then its optimizer's hyper-parameters
+        known = [name for name in (*trainer_cls.defaults, *trainer_cls.optimizer_cls.defaults)
+                 if name != "seed"]
+        known = list(dict.fromkeys(known))
+    else:
+        known = [name for name in params if name not in ("problem", "batches", "seed")]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UserError(f"{method} meta-training: unknown option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(known)}")
+
+
+def refuse_another_model(path, model, net):
+    """--resume continues a meta-training on the target net it was started on."""
+    from hfmeta.storage import load_checkpoint
+    if not os.path.isfile(path):
+        return                                   # resume_from names the problem
+    saved = load_checkpoint(path).get("config") or {}
+    if saved.get("model") not in (None, model):
+        raise UserError(f"{path} was meta-trained on --model {saved['model']}; --resume "
+                        f"continues it on that model, not {model}")
+    if saved.get("model_options") not in (None, net.config):
+        raise UserError(f"{path} was meta-trained on {model} with options "
+                        f"{saved['model_options']}; --resume continues it with those, "
+                        f"not {net.config}")
 
 
 def truncate_log(log_path, iteration):
@@ -133,6 +152,7 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
     log_path = os.path.splitext(out)[0] + ".jsonl"
     first = None
     if resume:
+        refuse_another_model(out, model, net)
         trainer.resume_from(out)
         first = truncate_log(log_path, trainer.iteration)
     evaluate = getattr(trainer, "evaluate", None)

@@ -103,6 +103,10 @@ def test_train_refuses_bad_options_in_one_line_and_writes_nothing(tmp_path, args
 
 @pytest.mark.parametrize("args, fragment", [
     (["--opt", "bogus=1"], "mlhf meta-training: unknown option(s) bogus; known: T, n,"),
+    # it listed only the L2L optimizer's p, scale, hidden and seed (which is refused)
+    (["-m", "l2l", "--opt", "bogus=1"], "l2l meta-training: unknown option(s) bogus; known: T, "
+                                        "meta_lr, l2, max_grad_norm, reset_prob, buffer, "
+                                        "store_every, p, scale, hidden"),
     (["--opt", "T=0"], "mlhf meta-training: T must be a whole number >= 1"),
     (["--opt", "hidden=0"], "mlhf meta-training: hidden must be a list"),
     (["--opt", "store_every=0"], "store_every must be a whole number >= 1"),  # was a traceback

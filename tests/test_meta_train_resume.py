@@ -100,3 +100,24 @@ def test_non_finite_meta_parameters_stop_the_run(tmp_path):
     assert r.exit_code == 3 and lines[-1].startswith("hfmeta: error: meta-parameters not "
                                                      "finite after meta-iteration"), r.output
     assert "nothing was saved" in lines[-1] and not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("other, message", [
+    (["--model", "mlp"], "was meta-trained on --model cnn-small; --resume continues it on "
+                         "that model, not mlp"),
+    (["--model", "cnn-small", "--model-opt", "channels=3"], "with options {'channels': 2}"),
+    (["--model", "cnn-small", "--model-opt", "channels=2", "-b", "16"],
+     "saved batch_size=8, now 16"),
+])
+def test_resume_refuses_another_target_net_or_batch_size(tmp_path, other, message):
+    """It resumed silently and rewrote the file's configuration to the new settings."""
+    out = tmp_path / "m.h5"
+    meta_train("l2l", out, "-n", "1")
+    before = out.read_bytes()
+    args = ["-q", "meta-train", *other, *METHODS["l2l"], "-n", "1", "--resume", "--out", str(out)]
+    if "-b" not in other:
+        args[2:2] = ["-b", "8"]
+    r = invoke(*args)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and lines[-1].startswith("hfmeta: error: "), r.output
+    assert message in lines[-1] and out.read_bytes() == before
