@@ -58,20 +58,12 @@ def truncate_log(log_path, iteration):
     the validation at ``iteration`` itself (the resumed run logs it first), the final
     before/after ``evaluation`` (written anew at the end) and a last line cut short by
     a kill.  Returns the validation logged at iteration 0, if any (the run's "before")."""
+    from hfmeta.storage import read_jsonl, rewrite_lines
     if not os.path.exists(log_path):
         return None
-    with open(log_path) as f:
-        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
     keep, first = [], None
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break
-            raise UserError(f"{log_path}, line {number}: not a meta-training log record") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{log_path}, line {number}: not a meta-training log record")
+    for line, record in read_jsonl(log_path, lambda r: isinstance(r, dict),
+                                   "a meta-training log record"):
         at = record.get("iteration")
         if "evaluation" in record or not isinstance(at, int) or at > iteration:
             continue
@@ -81,10 +73,7 @@ def truncate_log(log_path, iteration):
             if at == 0 and first is None:
                 first = record["validation"]
         keep.append(line)
-    tmp = log_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, log_path)
+    rewrite_lines(log_path, keep)
     return first
 
 

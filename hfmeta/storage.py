@@ -100,6 +100,34 @@ def atomic_hdf5(path):
             out.write(buffer.getbuffer())
 
 
+def read_jsonl(path, is_record, what):
+    """``[(line, record)]`` of a JSON-lines log (a run's metrics, a meta-training log).
+    A last line cut short (a process killed while writing it) is left out; any other
+    line that does not parse or fails ``is_record`` is a :class:`UserError` naming
+    the file, the line and ``what`` it should have been."""
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            record = None
+        if not is_record(record):
+            raise UserError(f"{path}, line {number}: not {what}")
+        out.append((line, record))
+    return out
+
+
+def rewrite_lines(path, lines):
+    """Replace a log's content by ``lines`` atomically (:func:`atomic_replace`)."""
+    with atomic_replace(path) as tmp:
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+
+
 def write_json(path, obj, **dump_options):
     """``json.dump(obj)`` to ``path`` atomically (:func:`atomic_replace`): a run's
     config.json or summary.json is either the old one or the new one, never half."""

@@ -47,7 +47,7 @@ from . import backend
 from .checks import COUNT, NATURAL, POSITIVE, check_options, optional
 from .errors import NonFiniteLoss, UserError
 from .problem import Problem
-from .storage import write_json
+from .storage import read_jsonl, rewrite_lines, write_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"
 
@@ -233,11 +233,8 @@ class Run:
         path = os.path.join(self.dir, METRICS)
         if not os.path.exists(path):
             return
-        keep = [line for line, record in read_metrics(path) if record["step"] <= self.step]
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        rewrite_lines(path, [line for line, record in read_metrics(path)
+                             if record["step"] <= self.step])
 
     # -- persistence ---------------------------------------------------------------
     def save(self):
@@ -362,20 +359,7 @@ def read_metrics(path):
     killed while writing it) is left out; any other line that is not a record of a
     known ``kind`` with its ``step`` and numbers (:data:`METRIC_FIELDS`) is a
     :class:`UserError` naming the file and line."""
-    with open(path) as f:
-        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
-    out = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break
-            record = None
-        if not _is_record(record):
-            raise UserError(f"{path}, line {number}: not a metrics record")
-        out.append((line, record))
-    return out
+    return read_jsonl(path, _is_record, "a metrics record")
 
 
 def _jsonable(v):
