@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import click
 import numpy as np
@@ -55,7 +56,10 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
               show_default=True, help="What picks the best grid point.")
 @click.option("--precise-bn", default=0, show_default=True, type=click.IntRange(min=0),
               metavar="N", help=PRECISE_BN_HELP)
-@click.option("--out", default="runs/compare", show_default=True, callback=not_empty)
+@click.option("--out", default="runs/compare", show_default=True, callback=not_empty,
+              help="Folder of the comparison: compare.json and one folder per optimizer; "
+                   "a re-run replaces compare.json and the folders of the optimizers it "
+                   "compares.")
 @click.option("--keep-all", is_flag=True, help="Keep every grid point's run, not only the best.")
 @click.pass_context
 def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs, steps,
@@ -64,11 +68,9 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
 
     Example: hfmeta compare sgd rmsprop adam mlhf --epochs 2
     """
-    from hfmeta.errors import NonFiniteLoss, UserError
     from hfmeta.meta.registry import LEARNED
-    from hfmeta.optim import OPTIMIZERS, grid as table1_grid
+    from hfmeta.optim import OPTIMIZERS
     from hfmeta.storage import write_json
-    from hfmeta.train import Run, RunConfig
 
     obj = ctx.obj
     pairs = {}
@@ -93,6 +95,56 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
             raise click.BadParameter(f"{', '.join(stray)} is not among the optimizers compared",
                                      param_hint=option)
     check_before_training(optimizers, fixed, meta_files, model, model_opts, data, obj)
+    # a re-run replaces this comparison: its table and the folders of its optimizers
+    # (stale grid points would otherwise sit beside the new ones, and an interrupted
+    # re-run would leave the old table naming folders that now hold new runs)
+    for stale in [os.path.join(out, "compare.json")] + [os.path.join(out, n) for n in optimizers]:
+        if os.path.isdir(stale):
+            shutil.rmtree(stale)
+        elif os.path.exists(stale):
+            os.remove(stale)
+    stop = []                                    # Ctrl-C between grid points
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    try:
+        rows = compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, split,
+                           batch_size, epochs, steps, eval_every, select, precise_bn, out,
+                           keep_all, obj, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    table = [f"{'optimizer':12s} {'grid':>5s} {'train loss':>11s} {'test loss':>10s} "
+             f"{'test acc':>9s} {'wall s':>8s}  best hyper-parameters / run"]
+    for name, n, s in rows:
+        if s.get("diverged"):
+            table.append(f"{name:12s} {n:5d}  every grid point diverged")
+            continue
+        table.append(f"{name:12s} {n:5d} {s['train_loss']:11.4f} {s['test_loss']:10.4f} "
+                     f"{100 * s['test_acc']:8.2f}% {s['wall']:8.1f}  {_label(s['hparams'])}  "
+                     f"{s['run_dir']}")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "compare.json"),
+               [finite_or_null({"optimizer": n, "grid_points": k, **s}) for n, k, s in rows],
+               indent=2, default=float)
+    click.echo("\n".join(table))
+
+
+def finite_or_null(record):
+    """compare.json stays strict JSON: a diverged run's inf/NaN figures become null."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in record.items()}
+
+
+def compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, split, batch_size,
+                epochs, steps, eval_every, select, precise_bn, out, keep_all, obj, stop):
+    """Train every optimizer over its grid points; ``[(name, points, best summary)]``."""
+    from hfmeta.errors import NonFiniteLoss, UserError
+    from hfmeta.optim import OPTIMIZERS, grid as table1_grid
+    from hfmeta.train import Run, RunConfig
+
+    def interrupted(name, k, points):
+        return UserError(f"interrupted in {name} [{k + 1}/{len(points)}]; the finished "
+                         f"grid points are under {out}; no table was made (run compare "
+                         f"again to make one)", exit_code=130)
+
     rows = []
     for name in optimizers:
         own = fixed.get(name, {})
@@ -112,22 +164,26 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
                             steps=steps, eval_every=eval_every, seed=obj["seed"],
                             device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)
             run_dir = os.path.join(out, name, f"{k:03d}")
-            if os.path.exists(run_dir):
-                shutil.rmtree(run_dir)
+            if stop:
+                raise interrupted(name, k, points)
             if obj.get("verbosity", 0) >= 0:
                 click.echo(f"{name} [{k + 1}/{len(points)}] {_label(hparams)}", err=True)
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    summary = Run.create(cfg, run_dir).train()
-            except NonFiniteLoss:  # a diverging grid point is a result, not a failure
+                    run = Run.create(cfg, run_dir)
+                    summary = run.train()
+            except NonFiniteLoss as e:  # a diverging grid point is a result, not a failure
+                if obj.get("verbosity", 0) >= 0:
+                    click.echo(f"  diverged: {e}", err=True)
                 summary = {"train_loss": float("inf"), "test_acc": 0.0, "test_loss": float("inf"),
                            "wall": float("nan"), "run_dir": run_dir, "diverged": True}
             except UserError as e:
                 if e.exit_code != 130:
                     raise
-                raise UserError(f"interrupted in {name} [{k + 1}/{len(points)}]; the finished "
-                                f"grid points are under {out}; no table was made (run compare "
-                                f"again to make one)", exit_code=130) from None
+                raise interrupted(name, k, points) from None
+            else:
+                if run.interrupted:                # Ctrl-C in the last step: that run is done
+                    raise interrupted(name, k, points)
             summary["hparams"] = hparams
             results.append(summary)
         score = ((lambda s: s["train_loss"]) if select == "train_loss"
@@ -138,14 +194,4 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
                 if s is not best and os.path.isdir(s["run_dir"]):
                     shutil.rmtree(s["run_dir"])
         rows.append((name, len(results), best))
-    table = [f"{'optimizer':12s} {'grid':>5s} {'train loss':>11s} {'test loss':>10s} "
-             f"{'test acc':>9s} {'wall s':>8s}  best hyper-parameters / run"]
-    for name, n, s in rows:
-        table.append(f"{name:12s} {n:5d} {s['train_loss']:11.4f} {s['test_loss']:10.4f} "
-                     f"{100 * s['test_acc']:8.2f}% {s['wall']:8.1f}  {_label(s['hparams'])}  "
-                     f"{s['run_dir']}")
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "compare.json"),
-               [{"optimizer": n, "grid_points": k, **s} for n, k, s in rows], indent=2,
-               default=float)
-    click.echo("\n".join(table))
+    return rows

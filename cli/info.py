@@ -33,6 +33,7 @@ def command(ctx, model_name, shape, classes):
         click.echo(f"cupy {cupy.__version__}  gpu: {props['name'].decode()}")
     else:
         click.echo("cupy: not available (CPU only)")
+    backend.xp_for(ctx.obj["device"])       # --device gpu without CuPy: the usual one-line error
     cfg = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
     blas = cfg.get("Build Dependencies", {}).get("blas", {}).get("name", "?") if isinstance(cfg, dict) else "?"
     click.echo(f"device: {ctx.obj['device']}  dtype: {ctx.obj['dtype']}  BLAS: {blas}")

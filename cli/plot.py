@@ -9,7 +9,7 @@ from .params import in_existing_folder
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "-o", default="runs.png", show_default=True, callback=in_existing_folder,
-              help="PNG file to write.")
+              help="Figure file to write; its extension names the format (.png, .pdf, .svg, ...).")
 @click.option("--label", "labels", multiple=True, help="Curve labels, one per run, in order.")
 @click.option("--window", default=20, show_default=True, metavar="N", type=click.IntRange(min=1),
               help="Moving average of the step losses.")

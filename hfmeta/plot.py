@@ -47,13 +47,20 @@ def smooth(values, window):
 
 
 def plot_runs(run_dirs, out, labels=None, window=20, log_loss=True):
-    """Write a 2×2 PNG: train loss / test accuracy × samples / wall time."""
+    """Write a 2×2 figure: train loss / test accuracy × samples / wall time, in the
+    format ``out``'s extension names (any matplotlib writes: png, pdf, svg, ...)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install -e .[plot]") from None
+    fmt = os.path.splitext(out)[1][1:].lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in formats:
+        raise UserError(f"-o {out}: name a figure file ending in "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
     runs = [read_run(d) for d in run_dirs]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for k, (label, steps, evals) in enumerate(runs):
@@ -75,8 +82,8 @@ def plot_runs(run_dirs, out, labels=None, window=20, log_loss=True):
             axes[row, col].grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    tmp = out + ".tmp"
+    fig.savefig(tmp, dpi=110, format=fmt)
     plt.close(fig)
     os.replace(tmp, out)
     return out

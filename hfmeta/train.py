@@ -279,9 +279,11 @@ class Run:
         """Run to ``total_steps``; ``on_step(step, info)`` is called after each step
         and ``on_eval(record)`` after each evaluation.
 
-        Returns the summary dict (also written to ``summary.json``).
+        Returns the summary dict (also written to ``summary.json``).  Ctrl-C on the
+        last step finishes the run; ``self.interrupted`` then tells a caller running
+        several (``hfmeta compare``) that the user asked to stop.
         """
-        interrupted = []
+        interrupted = self.interrupted = []
         previous = None
         try:
             previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))

@@ -1,5 +1,6 @@
 """CliRunner tests of the commands not covered elsewhere, on tiny configurations."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -221,3 +222,73 @@ def test_torch_mirror_gives_the_same_logits_and_gauss_newton_product(name, width
     problem = Problem(model)
     np.testing.assert_allclose(problem.gvp(model.linearize(w, x), v), gv_torch, rtol=1e-10,
                                atol=1e-14)
+
+
+COMPARE_TINY = ["--model", "mlp", "--model-opt", "hidden=[8]", "--batch-size", "16"]
+
+
+@pytest.mark.parametrize("when", ["last step", "between points"])
+def test_ctrl_c_in_compare_stops_it_wherever_it_lands(tmp_path, monkeypatch, when):
+    """In a grid point's last step the run finished and compare went on to the next point
+    (exit 0); between points Click printed 'Aborted!' and exited 1."""
+    import signal
+
+    from hfmeta.train import Run
+    original = Run.evaluate if when == "last step" else Run.create.__func__
+
+    def evaluate(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    def create(cls, cfg, run_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(cls, cfg, run_dir)
+    if when == "last step":
+        monkeypatch.setattr(Run, "evaluate", evaluate)
+    else:
+        monkeypatch.setattr(Run, "create", classmethod(create))
+    r = invoke("compare", "sgd", *COMPARE_TINY, "--steps", "1", "--out", str(tmp_path / "c"))
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 130, r.output
+    stopped_in = "[1/9]" if when == "last step" else "[2/9]"
+    assert lines[-1].startswith(f"hfmeta: error: interrupted in sgd {stopped_in}"), r.output
+    assert not (tmp_path / "c" / "compare.json").exists()
+
+
+def test_compare_rerun_replaces_its_table_and_optimizer_folders(tmp_path):
+    """Old grid points stayed beside new ones (plot c/sgd/* mixed two comparisons), and
+    a diverged optimizer's row was 'inf inf 0.00% nan' in a compare.json with Infinity."""
+    out = tmp_path / "c"
+    assert invoke("-q", "compare", "sgd", *COMPARE_TINY, "--steps", "2", "--keep-all",
+                  "--out", str(out)).exit_code == 0
+    assert len(os.listdir(out / "sgd")) == 9
+    r = invoke("compare", "sgd", *COMPARE_TINY, "--steps", "40", "--hp", "sgd:lr=1e6",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert os.listdir(out / "sgd") == ["000"]
+    assert "diverged" in r.output and "every grid point diverged" in r.output
+    row = json.loads((out / "compare.json").read_text(), parse_constant=pytest.fail)[0]
+    assert row["diverged"] is True and row["train_loss"] is None
+
+
+def test_plot_writes_the_format_its_extension_names(tmp_path):
+    """It wrote PNG bytes into p.pdf, p.svg and p.xyz alike."""
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "r"
+    assert invoke("-q", "train", *COMPARE_TINY, "--steps", "2", "-o", "sgd",
+                  "--out", str(run)).exit_code == 0
+    assert invoke("plot", str(run), "-o", str(tmp_path / "p.pdf")).exit_code == 0
+    assert (tmp_path / "p.pdf").read_bytes().startswith(b"%PDF")
+    r = invoke("plot", str(run), "-o", str(tmp_path / "p.xyz"))
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith(
+        f"hfmeta: error: -o {tmp_path / 'p.xyz'}: name a figure file ending in"), r.output
+    assert not (tmp_path / "p.xyz").exists()
+
+
+def test_info_on_a_gpu_that_is_not_there_is_an_error():
+    """It printed 'cupy: not available' and then 'device: gpu', exit 0."""
+    from hfmeta.backend import cupy_available
+    if cupy_available():
+        pytest.skip("CuPy and a GPU are here")
+    r = invoke("--device", "gpu", "info")
+    assert r.exit_code != 0 and "hfmeta: error: --device gpu needs CuPy" in r.output
