@@ -132,8 +132,14 @@ def summary(run_dir):
 
 
 def compare_rows(out):
+    """compare.json's rows by optimizer (a diverged row's null losses read as inf)."""
     with open(os.path.join(out, "compare.json")) as f:
-        return {r["optimizer"]: r for r in json.load(f)}
+        rows = json.load(f)
+    for r in rows:
+        for key in ("train_loss", "test_loss", "wall"):
+            if r.get(key) is None:
+                r[key] = float("inf") if key != "wall" else float("nan")
+    return {r["optimizer"]: r for r in rows}
 
 
 def loss_at(run_dir, key, x, window):
