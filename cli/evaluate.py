@@ -23,7 +23,7 @@ def command(ctx, run_dir, precise_bn):
 
     given = {name: ctx.obj[name] for name in ("device", "dtype")
              if on_command_line(ctx.parent, name)}
-    run = Run.open(run_dir, precise_bn=precise_bn, **given)
+    run = Run.open(run_dir, optimizer=False, precise_bn=precise_bn, **given)
     if run.step == 0:
         raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")
     figures = run.test_figures()

@@ -117,7 +117,7 @@ def make_optimizer(name, hparams, meta=None, model=None):
 class Run:
     """A training run bound to its folder.  Build with :meth:`create` or :meth:`resume`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str, checkpoint=None):
+    def __init__(self, cfg: RunConfig, run_dir: str, checkpoint=None, optimizer=True):
         from .data import open_dataset
         from .models import build
 
@@ -128,7 +128,9 @@ class Run:
         self.model = build(cfg.model, self.dataset.image_shape, self.dataset.classes,
                            dtype=cfg.dtype, device=cfg.device, **cfg.model_options)
         self.problem = Problem(self.model)
-        self.opt = make_optimizer(cfg.optimizer, cfg.hparams, cfg.meta, self.model)
+        # ``optimizer=False``: only to evaluate (a learned optimizer's --meta file need not exist)
+        self.opt = make_optimizer(cfg.optimizer, cfg.hparams, cfg.meta, self.model) if optimizer \
+            else None
         augment = self.dataset.default_augment if cfg.augment is None else cfg.augment
         self.batches = self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
                                             augment=augment, dtype=cfg.dtype, device=cfg.device)
@@ -145,7 +147,7 @@ class Run:
         self._window = []        # batch losses since the last evaluation (checkpointed)
         if checkpoint is None:
             self.w = self.model.init(cfg.seed)
-            self.opt_state = self.opt.init(self.w)
+            self.opt_state = self.opt.init(self.w) if self.opt else None
             self.step, self.wall = 0, 0.0
         else:
             self._restore(checkpoint)
@@ -177,10 +179,11 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, run_dir: str, **overrides):
+    def open(cls, run_dir: str, optimizer=True, **overrides):
         """The run of ``run_dir`` at its checkpoint (or at the start without one), its
         configuration with ``overrides`` (``steps``, ``precise_bn``, … when not None);
-        nothing in the folder is changed."""
+        nothing in the folder is changed.  ``optimizer=False`` builds no optimizer (to
+        evaluate: a learned optimizer's meta-parameter file need not exist any more)."""
         from .storage import load_checkpoint
         path = os.path.join(run_dir, CONFIG)
         if not os.path.isfile(path):
@@ -204,7 +207,7 @@ class Run:
                                      and "w" in ckpt["weights"]
                                      and {"data", "step", "wall"} <= set(ckpt)):
             raise UserError(f"{ckpt_path} is not a training checkpoint")
-        return cls(cfg, run_dir, ckpt)
+        return cls(cfg, run_dir, ckpt, optimizer)
 
     def _restore(self, ck):
         w = ck["weights"]["w"]
@@ -212,7 +215,8 @@ class Run:
             raise UserError(f"checkpoint weights have {w.shape[0]} entries, model "
                             f"{self.cfg.model} has {self.model.num_params}")
         self.w = backend.to_device(w.astype(self.model.dtype), self.cfg.device)
-        self.opt_state = self.opt.state_from_dict(ck.get("optimizer", {}), self.xp)
+        self.opt_state = (self.opt.state_from_dict(ck.get("optimizer", {}), self.xp)
+                          if self.opt else None)
         self.problem.state = {k: backend.to_device(v, self.cfg.device)
                               for k, v in ck.get("bn_state", {}).items()}
         self.batches.load_state_dict(ck["data"])

@@ -499,6 +499,22 @@ def test_evaluate_gives_the_run_s_test_figures_and_writes_nothing(tmp_path):
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
+def test_evaluate_needs_no_meta_parameter_file(tmp_path):
+    """It built the run's optimizer, so a run trained with --meta FILE could not be
+    evaluated once FILE had moved."""
+    meta = tmp_path / "mine.h5"
+    shutil.copy(shipped_path("mlhf"), meta)
+    out = tmp_path / "run"
+    assert invoke("-q", "train", "--model", "mlp", "--model-opt", "hidden=[8]", "-b", "16",
+                  "--steps", "2", "--meta", str(meta), "--out", str(out)).exit_code == 0
+    last = [json.loads(x) for x in open(out / "metrics.jsonl")][-1]
+    meta.unlink()
+    r = invoke("evaluate", str(out))
+    assert r.exit_code == 0, r.output
+    assert f"test accuracy {100 * last['test_acc']:.2f}%" in r.output
+    one_line_error(invoke("train", "--resume", str(out), "--steps", "3"), 1, "does not exist")
+
+
 def test_evaluate_of_a_non_run_folder_or_a_run_without_checkpoint(tmp_path):
     one_line_error(invoke("evaluate", str(tmp_path)), 1, "is not a run folder")
     out = tmp_path / "run"
