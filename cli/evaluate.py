@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .params import on_command_line
-from .train import PRECISE_BN_HELP
+from .train import PRECISE_BN_HELP, note_precise_bn_without_batch_norm
 
 
 @click.command("evaluate")
@@ -26,6 +26,7 @@ def command(ctx, run_dir, precise_bn):
     run = Run.open(run_dir, optimizer=False, precise_bn=precise_bn, **given)
     if run.step == 0:
         raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")
+    note_precise_bn_without_batch_norm(run)
     figures = run.test_figures()
     where = f"{run.cfg.model} on {run.cfg.data} (test split), step {run.step} of {run_dir}"
     rows = [("", "")]

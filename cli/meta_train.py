@@ -189,7 +189,12 @@ def command(ctx, method, model, model_opts, data, split, batch_size, iterations,
         raise UserError(f"interrupted after meta-iteration {trainer.iteration}; meta-parameters "
                         f"saved in {out}; continue with --resume", exit_code=130)
     wall = time.perf_counter() - t0
-    after = evaluate() if evaluate else None
+    try:
+        after = evaluate() if evaluate else None
+    except KeyboardInterrupt:              # Click would say "Aborted!"
+        raise UserError(f"interrupted in the final held-out evaluation; the meta-parameters "
+                        f"of meta-iteration {trainer.iteration} are saved in {out}",
+                        exit_code=130) from None
     k = max(1, min(10, len(history) // 4))
     keys = [key for key in ("l_p", "l_s", "meta_loss", "loss", "residual", "es_fitness")
             if key in history[0]]

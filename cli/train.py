@@ -64,6 +64,13 @@ PRECISE_BN_HELP = ("Evaluate with batch-norm statistics recomputed at the curren
                    "averages.")
 
 
+def note_precise_bn_without_batch_norm(run):
+    """--precise-bn on a net without batch norm: say that it changes nothing."""
+    if run.cfg.precise_bn and not run.model.init_state():
+        click.echo(f"note: {run.cfg.model} has no batch norm; --precise-bn changes nothing",
+                   err=True)
+
+
 def format_summary(s):
     return (f"{s['model']} ({s['params']:,} parameters) on {s['data']}/{s['split']} with "
             f"{s['optimizer']}: {s['steps']} steps, {s['samples']:,} samples, {s['wall']:.1f} s\n"
@@ -137,6 +144,7 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
     if not quiet:
         click.echo(f"training {run.model!r} with {run.opt!r} for {run.total_steps} steps "
                    f"-> {run.dir}", err=True)
+        note_precise_bn_without_batch_norm(run)
     # a diverging run is reported by the non-finite-loss check, not by NumPy warnings
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
             click.progressbar(length=run.total_steps - run.step, label="training", hidden=quiet,

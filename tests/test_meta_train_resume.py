@@ -121,3 +121,21 @@ def test_resume_refuses_another_target_net_or_batch_size(tmp_path, other, messag
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert r.exit_code == 1 and lines[-1].startswith("hfmeta: error: "), r.output
     assert message in lines[-1] and out.read_bytes() == before
+
+
+def test_ctrl_c_in_the_final_evaluation_is_one_line(tmp_path, monkeypatch):
+    """Click printed 'Aborted!' and exited 1."""
+    from hfmeta.meta import mlhf_train
+    evaluate, calls = mlhf_train.MetaTrainer.evaluate, []
+
+    def interrupted_the_second_time(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, *args, **kwargs)
+    monkeypatch.setattr(mlhf_train.MetaTrainer, "evaluate", interrupted_the_second_time)
+    r = invoke(*TINY, *METHODS["mlhf"], "-n", "1", "--out", str(tmp_path / "m.h5"))
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 130 and lines[-1] == (
+        "hfmeta: error: interrupted in the final held-out evaluation; the meta-parameters of "
+        f"meta-iteration 1 are saved in {tmp_path / 'm.h5'}"), r.output

@@ -515,6 +515,16 @@ def test_evaluate_needs_no_meta_parameter_file(tmp_path):
     one_line_error(invoke("train", "--resume", str(out), "--steps", "3"), 1, "does not exist")
 
 
+def test_precise_bn_on_a_net_without_batch_norm_is_noted(tmp_path):
+    """It was ignored without a word."""
+    out = tmp_path / "run"
+    r = invoke("train", "--model", "mlp", "--model-opt", "hidden=[8]", "-o", "sgd", "-b", "16",
+               "--steps", "2", "--precise-bn", "3", "--out", str(out))
+    assert r.exit_code == 0 and "mlp has no batch norm; --precise-bn changes nothing" in r.output
+    r = invoke("evaluate", str(out), "--precise-bn", "3")
+    assert r.exit_code == 0 and "--precise-bn changes nothing" in r.output
+
+
 def test_evaluate_of_a_non_run_folder_or_a_run_without_checkpoint(tmp_path):
     one_line_error(invoke("evaluate", str(tmp_path)), 1, "is not a run folder")
     out = tmp_path / "run"
