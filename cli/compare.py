@@ -175,8 +175,9 @@ def compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, sp
             except NonFiniteLoss as e:  # a diverging grid point is a result, not a failure
                 if obj.get("verbosity", 0) >= 0:
                     click.echo(f"  diverged: {e}", err=True)
-                summary = {"train_loss": float("inf"), "test_acc": 0.0, "test_loss": float("inf"),
-                           "wall": float("nan"), "run_dir": run_dir, "diverged": True}
+                summary = {"train_loss": float("inf"), "test_loss": float("inf"),
+                           "test_acc": float("nan"), "wall": float("nan"), "run_dir": run_dir,
+                           "diverged": True}
             except UserError as e:
                 if e.exit_code != 130:
                     raise

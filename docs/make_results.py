@@ -132,13 +132,15 @@ def summary(run_dir):
 
 
 def compare_rows(out):
-    """compare.json's rows by optimizer (a diverged row's null losses read as inf)."""
+    """compare.json's rows by optimizer (a diverged row's nulls read as inf losses, NaN
+    accuracy and wall time)."""
     with open(os.path.join(out, "compare.json")) as f:
         rows = json.load(f)
     for r in rows:
-        for key in ("train_loss", "test_loss", "wall"):
+        for key, missing in (("train_loss", "inf"), ("test_loss", "inf"), ("wall", "nan"),
+                             ("test_acc", "nan")):
             if r.get(key) is None:
-                r[key] = float("inf") if key != "wall" else float("nan")
+                r[key] = float(missing)
     return {r["optimizer"]: r for r in rows}
 
 

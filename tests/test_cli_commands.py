@@ -268,7 +268,7 @@ def test_compare_rerun_replaces_its_table_and_optimizer_folders(tmp_path):
     assert os.listdir(out / "sgd") == ["000"]
     assert "diverged" in r.output and "every grid point diverged" in r.output
     row = json.loads((out / "compare.json").read_text(), parse_constant=pytest.fail)[0]
-    assert row["diverged"] is True and row["train_loss"] is None
+    assert row["diverged"] is True and row["train_loss"] is None and row["test_acc"] is None
 
 
 def test_plot_writes_the_format_its_extension_names(tmp_path):
