@@ -53,11 +53,11 @@ def plot_runs(run_dirs, out, labels=None, window=20, log_loss=True):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install -e .[plot]") from None
     fmt = os.path.splitext(out)[1][1:].lower()
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()
     if fmt not in formats:
         raise UserError(f"-o {out}: name a figure file ending in "
                         f"{', '.join('.' + f for f in sorted(formats))}")

@@ -28,8 +28,9 @@ pure function of (seed, k) and the optimizer state is saved exactly, a resumed
 run ends with the same weights, and logs the same evaluations, as an
 uninterrupted one (a run killed after its last checkpoint but before its
 summary resumes to write the summary).  Ctrl-C (SIGINT) finishes the current
-step, saves, and exits (on the last step it finishes the run); a non-finite loss (or non-finite weights after a step)
-stops the run and keeps the last good checkpoint.
+step, saves, and exits (on the last step it finishes the run); a non-finite
+loss (or non-finite weights after a step) stops the run and keeps the last good
+checkpoint.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from . import backend
 from .checks import COUNT, NATURAL, POSITIVE, check_options, optional
 from .errors import NonFiniteLoss, UserError
 from .problem import Problem
-from .storage import read_jsonl, rewrite_lines, write_json
+from .storage import load_checkpoint, read_jsonl, rewrite_lines, save_checkpoint, write_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"
 
@@ -121,7 +122,6 @@ class Run:
         from .data import open_dataset
         from .models import build
 
-        cfg.check()
         self.cfg, self.dir = cfg, run_dir
         self.xp = backend.xp_for(cfg.device)
         self.dataset = open_dataset(cfg.data)
@@ -158,6 +158,7 @@ class Run:
         if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
             raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} "
                             f"or choose another --out")
+        cfg.check()                    # (open checks a saved configuration, naming its file)
         run = cls(cfg, run_dir)        # validates model/data/optimizer before writing anything
         os.makedirs(run_dir, exist_ok=True)
         write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg), indent=2)
@@ -184,7 +185,6 @@ class Run:
         configuration with ``overrides`` (``steps``, ``precise_bn``, … when not None);
         nothing in the folder is changed.  ``optimizer=False`` builds no optimizer (to
         evaluate: a learned optimizer's meta-parameter file need not exist any more)."""
-        from .storage import load_checkpoint
         path = os.path.join(run_dir, CONFIG)
         if not os.path.isfile(path):
             raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
@@ -242,7 +242,6 @@ class Run:
 
     # -- persistence ---------------------------------------------------------------
     def save(self):
-        from .storage import save_checkpoint
         save_checkpoint(os.path.join(self.dir, CHECKPOINT),
                         config=dataclasses.asdict(self.cfg), layout=self.model.layout,
                         weights={"w": self.w}, optimizer=self.opt.state_to_dict(self.opt_state),
