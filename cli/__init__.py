@@ -89,13 +89,7 @@ def cli(ctx, device, dtype, seed, verbose, quiet):
 
 
 for _name in COMMANDS:
-    try:
-        _mod = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # a command not written yet
-        if _e.name == f"{__name__}.{_name}":
-            continue
-        raise
-    cli.add_command(_mod.command)
+    cli.add_command(importlib.import_module(f"{__name__}.{_name}").command)
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ The Gauss-Newton product (Schraudolph 2002; Martens 2010) is then
 A :class:`Linearization` is the network frozen at one point ``(w, x)``: it
 owns the caches, so no stale cache can leak between points.  Batch-norm
 running statistics live in a separate ``state`` dict; a train-mode
-linearization offers ``lin.new_state(momentum)``.
+linearization offers ``lin.new_state(state, momentum)``.
 """
 from __future__ import annotations
 

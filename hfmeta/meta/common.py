@@ -108,7 +108,7 @@ def draws_state(rng, batches):
     """What a meta-parameter file keeps of a meta-training's randomness and data, so
     that ``--resume`` goes on to new draws and batches: the ``numpy.random.Generator``
     and the batch stream's position (when ``batches`` is a
-    :class:`~hfmeta.data.Batches`; a plain iterator has none)."""
+    :class:`~hfmeta.data.BatchIterator`; a plain iterator has none)."""
     saved = {"rng": rng}
     if hasattr(batches, "state_dict"):
         saved["batches"] = batches.state_dict()

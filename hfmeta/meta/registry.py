@@ -10,8 +10,9 @@ Every learned optimizer module exposes
   (transfer between models; a clear error where kinds or layers cannot be
   matched);
 * a ``MetaTrainer`` class: ``MetaTrainer(problem, batches, **options)``,
-  ``.run(iterations, on_iteration=None) -> list of per-iteration dicts``,
-  ``.save(path, command="")``, ``.resume_from(path)``.
+  ``.run(iterations, on_iteration=None, should_stop=None) -> list of
+  per-iteration dicts``, ``.save(path, command="", model_name=None)``,
+  ``.resume_from(path)``.
 """
 from __future__ import annotations
 

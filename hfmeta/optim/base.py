@@ -9,12 +9,14 @@
 * ``w`` is the flat parameter vector (:mod:`hfmeta.params`); ``problem`` is a
   :class:`hfmeta.problem.Problem` and ``batch`` an ``(x, y)`` pair on the
   model's device.
-* ``state`` is a **flat dict** ``{str: array or Python scalar}``: vectors like
+* ``state`` is a dict ``{str: array or Python scalar}``: vectors like
   ``w`` (moments, previous CG solution), small matrices (K-FAC factors) and
-  scalars (step count, damping).  It is exactly what a checkpoint stores:
-  :meth:`Optimizer.state_to_dict` gives host (NumPy) copies for HDF5, and
-  :meth:`Optimizer.state_from_dict` puts them back on a device, so a resumed
-  run continues bit for bit.  Randomness (K-FAC's sampled labels) is drawn
+  scalars (step count, damping).  :meth:`Optimizer.state_to_dict` gives the
+  flat host (NumPy) copy a checkpoint stores in HDF5, and
+  :meth:`Optimizer.state_from_dict` puts it back on a device, so a resumed
+  run continues bit for bit.  An optimizer whose state nests (MLHF's LSTM
+  states, entries that are ``None`` before the first step) overrides both to
+  flatten and rebuild it.  Randomness (K-FAC's sampled labels) is drawn
   from ``numpy.random.default_rng([seed, step])``, so it needs no RNG state.
 * ``step`` may update the arrays of ``state`` in place and returns the state
   to use next; do not reuse the state passed in.  It returns a *new* ``w``.

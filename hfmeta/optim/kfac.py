@@ -44,13 +44,10 @@ import numpy as np
 
 from .. import backend
 from ..checks import COUNT, FRACTION, NATURAL, POSITIVE, optional
+from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from .base import Optimizer
 
-try:
-    from ..layers.conv import Conv2d
-except ImportError:  # pragma: no cover - conv layer not built
-    Conv2d = ()
 
 
 def kfac_layers(model):
