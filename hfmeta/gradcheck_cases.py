@@ -13,7 +13,7 @@ import numpy as np
 
 from . import gradcheck
 from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d,
-                     PreActBlock, ReLU)
+                     PreActBlock, ReLU, Sequential)
 
 #: (name, layer factory, input shape without batch, train mode)
 LAYER_CASES = [
@@ -43,6 +43,12 @@ LAYER_CASES = [
     ("preact block identity train", lambda: PreActBlock(2), (2, 5, 5), True),
     ("preact block s2 proj train", lambda: PreActBlock(3, stride=2), (2, 6, 6), True),
     ("preact block proj eval", lambda: PreActBlock(3, projection=True), (2, 5, 5), False),
+    ("sequential fc", lambda: Sequential([("fc1", Linear(6)), ("relu", ReLU()),
+                                          ("fc2", Linear(3))]), (4,), True),
+    # ReLU before a tiling max pool: Sequential runs the pair fused (one gather, one scatter)
+    ("sequential conv-bn-relu-pool-fc", lambda: Sequential([
+        ("conv", Conv2d(3, 3, padding=1)), ("bn", BatchNorm()), ("relu", ReLU()),
+        ("pool", MaxPool2d(2, 2)), ("flatten", Flatten()), ("fc", Linear(4))]), (2, 6, 6), True),
 ]
 
 #: (zoo name, input shape, classes, build options, train mode) -- small but complete

@@ -22,10 +22,24 @@ def test_exact_diagonal_equals_diagonal_of_explicit_ggn(name):
 
 @pytest.mark.parametrize("name", ["cnn-bn", "resnet"])
 def test_train_mode_batch_norm_takes_the_per_example_fallback(name):
+    """Batch norm in train mode couples the examples, so the per-example squares are
+    refused and ``sum_sq_grads`` falls back to one backward per (example, column): its
+    result equals Σ_cols Σ_i (J_iᵀ col_i)² from the dense Jacobian (one backward per
+    output entry, the examples' rows kept apart)."""
     model, w, x, y, _ = tiny_problem(name)
     lin = model.linearize(w, x)
     with pytest.raises(NotImplementedError):
         lin.sq_grad(lin.output, np.zeros_like(w))
+    n, c = lin.output.shape
+    jac = np.empty((n, c, w.size))                     # jac[i, j] = ∂z_ij/∂w
+    for i in range(n):
+        for j in range(c):
+            e = np.zeros((n, c))
+            e[i, j] = 1.0
+            jac[i, j] = lin.backward(e)
+    cols = [np.random.default_rng(k).standard_normal((n, c)) for k in range(2)]
+    dense = sum((np.einsum("ij,ijp->ip", col, jac) ** 2).sum(axis=0) for col in cols)
+    assert rel_error(diagonal.sum_sq_grads(lin, cols), dense) < 1e-12
 
 
 def test_fallback_agrees_with_per_example_squares():

@@ -42,6 +42,7 @@ def test_relu_rop_reuses_cache_and_handles_zero_direction():
 
 @pytest.mark.parametrize("layer,in_shape", [
     (Linear(5), (4,)), (Linear(3, bias=False), (6,)), (ReLU(), (3, 4)), (Flatten(), (2, 3, 3)),
+    (Sequential([("fc1", Linear(6)), ("relu", ReLU()), ("fc2", Linear(3))]), (4,)),
 ])
 def test_layer_backward_rop(layer, in_shape):
     r = gradcheck.check_backward_rop(repr(layer), layer, in_shape, batch=3)

@@ -19,6 +19,10 @@ def test_grad_matches_differences_of_value(loss, rng):
     g = loss.grad(z, y).ravel()
     results = gradcheck.check_map("loss value", f, lambda v: np.atleast_1d(g @ v),
                                   lambda u: u[0] * g, z.ravel())
+    # both products are built from the same g, so the adjoint identity would hold for any
+    # g: only the two comparisons with differences of the value test it
+    results = [r for r in results if r.check in ("rop", "backward")]
+    assert len(results) == 2
     gradcheck.assert_all_ok(results)
 
 
