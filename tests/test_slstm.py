@@ -4,7 +4,7 @@ import pytest
 
 from hfmeta.errors import UserError
 from hfmeta.meta.slstm import SLSTM, MetaTrainer
-from hfmeta.meta.unroll import CoordinateGroups, match_groups
+from hfmeta.meta.unroll import CoordinateGroups, match_groups, meta_gradient
 from hfmeta.models import build
 from hfmeta.problem import Problem
 from hfmeta.storage import load_checkpoint, save_checkpoint
@@ -134,6 +134,58 @@ def test_joint_replay_reproduces_the_carried_lstm_state():
     for group, layers in live.items():
         for (h, c), (h2, c2) in zip(layers, states[group]):
             assert np.array_equal(h, h2) and np.array_equal(c, c2)
+
+
+def test_joint_online_meta_gradient_matches_finite_differences(monkeypatch):
+    """Joint mode's online update (T = 3) hands Adam the gradient of the buffered
+    unroll's meta-loss (1/T) Σ_{t=1..T} f(w_t; b_t), whose last term is the loss of the
+    step that triggers the update, with the LSTM inputs (g, h) held at their recorded
+    values and the LSTM states free: against central differences of that meta-loss
+    replayed from the unroll's start (``replay_meta_loss``), the meta-parameters and
+    LSTM states moved off their initial values."""
+    from hfmeta.gradcheck import central_difference, rel_error
+    from hfmeta.meta import slstm
+    from hfmeta.meta.unroll import replay_meta_loss
+    model = tiny_cnn()
+    problem = Problem(model)
+    batches = random_batches(model, 4, seed=7)
+    opt = SLSTM.from_meta(None, model, untrained=True, joint=True, T=3, meta_lr=1e-2)
+    rng = np.random.default_rng(3)
+    opt.theta = opt.theta + 0.2 * rng.standard_normal(opt.theta.size)
+    w0 = model.init(0)
+    state = opt.init(w0)
+    for key in [key for key in state if key.startswith("lstm.")]:
+        state[key] = 0.3 * rng.standard_normal(state[key].shape)
+    states0 = {g: [(h.copy(), c.copy()) for h, c in layers]
+               for g, layers in opt.rule.state_from_flat(state).items()}
+    w, state, _ = run_steps(opt, problem, w0, state, batches[:3])
+    assert state["joint.n"] == 3
+    inputs = [[state[f"joint.{j}.in{i}"].copy() for i in range(2)] for j in range(3)]
+    theta0 = state["meta.theta"].copy()
+    seen = []
+    monkeypatch.setattr(slstm, "meta_gradient",
+                        lambda *args: seen.append(meta_gradient(*args)) or seen[-1])
+    _, state, info = opt.step(problem, w, state, batches[3])
+    assert len(seen) == 1 and state["meta.t"] == 1
+    d_theta = seen[0]
+
+    def meta_loss(theta):
+        return np.array([replay_meta_loss(opt.rule, theta, problem, w0, states0, inputs,
+                                          batches[1:])])
+
+    assert abs(meta_loss(theta0)[0] - info["meta_loss"]) < 1e-12
+    coords = np.sort(rng.choice(theta0.size, 40, replace=False))
+    fd = np.empty(coords.size)
+    e = np.zeros_like(theta0)
+    for k, c in enumerate(coords):
+        e[c] = 1.0
+        fd[k] = central_difference(meta_loss, theta0, e, 1e-3)[0]
+        e[c] = 0.0
+    directions = rng.standard_normal((3, theta0.size))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    fd_dir = [central_difference(meta_loss, theta0, v, 1e-3)[0] for v in directions]
+    coord_err, dir_err = rel_error(d_theta[coords], fd), rel_error(directions @ d_theta, fd_dir)
+    assert coord_err < 1e-7 and dir_err < 1e-7, (coord_err, dir_err)
 
 
 def test_offline_trainer_refuses_joint():
