@@ -94,7 +94,7 @@ def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(
             an.append(res.grad[c])
         errors[which] = rel_error(np.array(an), np.array(fd))
     print("MLHF meta-gradient relative errors:", errors)
-    assert errors["l_s"] < 1e-6 and errors["l_p"] < 1e-6
+    assert errors["l_s"] < 1e-7 and errors["l_p"] < 1e-7
 
 
 @pytest.mark.parametrize("q_sign", [1.0, -1.0])
@@ -134,8 +134,10 @@ def test_meta_gradient_without_rnn_p():
         return unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
                       clip=clip, frozen=res.frozen, backward=False).l_s
 
-    assert rel_error(res.grad @ v, central_difference(l_s, theta, v / np.linalg.norm(v), 1e-3)
-                     * np.linalg.norm(v)) < 1e-6
+    err = rel_error(res.grad @ v, central_difference(l_s, theta, v / np.linalg.norm(v), 1e-3)
+                    * np.linalg.norm(v))
+    print(f"MLHF meta-gradient without RNN_p: relative error {err:.1e}")
+    assert err < 1e-7
 
 
 def test_training_one_meta_net_gives_the_same_partial_gradient():

@@ -51,7 +51,7 @@ def test_horizon_meta_gradient_matches_finite_differences(clip, log, restart):
         assert np.abs(an).max() > 0
         errors[which] = rel_error(np.array(an), np.array(fd))
     print("MLHF horizon meta-gradient relative errors:", errors)
-    assert errors["s"] < 1e-6 and errors["p"] < 1e-6
+    assert errors["s"] < 1e-7 and errors["p"] < 1e-7
 
 
 def test_horizon_train_s_gives_rnn_s_part_only():
