@@ -95,6 +95,16 @@ def test_bptt_matches_finite_differences(hidden):
         assert rel_error(g[sl], fd[sl]) < 1e-9, part
 
 
+def test_bptt_over_several_row_blocks(monkeypatch):
+    """The cached step runs over blocks of CHUNK rows, writing each block's zᵀ and
+    states into full-width arrays that the backward reads: 2 blocks of 2 + 1 rows."""
+    monkeypatch.setattr(CoordinateLSTM, "CHUNK", 2)
+    lstm = CoordinateLSTM(n_inputs=2, hidden=(4, 3), n_outputs=2)
+    unroll = Unroll(lstm, seed=11)
+    assert N_ROWS > CoordinateLSTM.CHUNK and N_ROWS % CoordinateLSTM.CHUNK
+    assert rel_error(unroll.gradient(unroll.z0), finite_difference_gradient(unroll.loss, unroll.z0)) < 1e-9
+
+
 @pytest.mark.parametrize("skip,final_state", [((1,), True), ((0, 2), False)])
 def test_bptt_with_missing_cotangents(skip, final_state):
     """Steps without an output cotangent (None) and no final-state cotangent."""
