@@ -22,7 +22,8 @@ def tiny_bn_convnet(device="cpu"):
     return Model(net, (1, 4, 4), 3, dtype="float64", device=device, name="tiny")
 
 
-def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh", loss_input=False):
+def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh", loss_input=False,
+           noise_draw="step"):
     model = tiny_bn_convnet()
     assert set(model.layout.kinds) == set(KINDS)
     problem = Problem(model)
@@ -42,21 +43,26 @@ def _setup(T=3, use_rnn_p=True, clip=0.05, seed=0, inputs="tanh", loss_input=Fal
                 h[...] = 0.1 * rng.standard_normal(h.shape)
                 c[...] = 0.1 * rng.standard_normal(c.shape)
     noise = [1.01, 0.985, 1.0, 0.99, 1.02][:T]
+    if noise_draw == "coordinate":                   # the released code's: one per coordinate
+        noise = [rng.uniform(0.98, 1.02, model.num_params) for _ in range(T)]
     return nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip
 
 
-@pytest.mark.parametrize("inputs,restart,loss_input", [("tanh", None, False),
-                                                       ("logsign", None, False),
-                                                       ("tanh", 1 + 1e-9, True)])
+@pytest.mark.parametrize("inputs,restart,loss_input,noise_draw,ls_scale", [
+    ("tanh", None, False, "step", 1.0),
+    ("logsign", None, False, "step", 1.0),
+    ("tanh", 1 + 1e-9, True, "step", 1.0),
+    ("tanh", None, False, "coordinate", 0.5)])
 def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(
-        inputs, restart, loss_input):
+        inputs, restart, loss_input, noise_draw, ls_scale):
     """Issue 5 point 2: T = 3, tiny conv net with BN, float64, both RNNs with their own losses
-    (with the paper's tanh inputs and with the L2L log/sign ones; and with a PCG restart
-    within the unroll, ratio 1 + 1e-9: any loss increase restarts, and RNN_s's loss input)."""
+    (with the paper's tanh inputs and with the L2L log/sign ones; with a PCG restart
+    within the unroll, ratio 1 + 1e-9: any loss increase restarts, and RNN_s's loss input;
+    and with the released code's per-coordinate step noise and half l_s)."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, clip = _setup(
-        inputs=inputs, loss_input=loss_input)
+        inputs=inputs, loss_input=loss_input, noise_draw=noise_draw)
     res = unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
-                 clip=clip, noise=noise, restart=restart)
+                 clip=clip, noise=noise, restart=restart, ls_scale=ls_scale)
     cold = [t for t in range(1, len(batches) - 1) if res.frozen.d_prev[t] is None]
     assert bool(cold) == (restart is not None), "a restart within the unroll, when asked"
     scales = [min(1.0, clip * np.linalg.norm(wt) / np.linalg.norm(d))     # (d^t is d_0^{t+1}
@@ -66,7 +72,7 @@ def test_meta_gradient_matches_finite_differences_with_the_same_stop_gradients(
 
     def losses(th):
         r = unroll(nets, th, problem, w, copy.deepcopy(states), d_prev, r_prev, batches, rows,
-                   clip=clip, frozen=res.frozen, backward=False)
+                   clip=clip, frozen=res.frozen, backward=False, ls_scale=ls_scale)
         return np.array([r.l_s, r.l_p])
 
     # the replay reproduces the run at theta
@@ -177,16 +183,38 @@ def test_unroll_without_record_gives_the_same_result_and_keeps_no_constants():
                 np.testing.assert_array_equal(c, c2)
 
 
-def test_float32_meta_training_keeps_the_target_net_in_float32():
+@pytest.mark.parametrize("noise_draw", ["step", "coordinate"])
+def test_float32_meta_training_keeps_the_target_net_in_float32(noise_draw):
     """The step noise is drawn as NumPy float64; it must not promote the float32
     target net (NumPy 2's rules would make every later step float64)."""
     net = tiny_bn_convnet().net
     model = Model(net, (1, 4, 4), 3, dtype="float32", name="tiny32")
-    trainer = MetaTrainer(Problem(model), _RandomStream32(), T=2, seed=0)
+    trainer = MetaTrainer(Problem(model), _RandomStream32(), T=2, seed=0, noise_draw=noise_draw)
     assert trainer.noise > 0
     for _ in range(2):
         trainer.meta_step()
         assert trainer.w.dtype == np.float32 and trainer.d_prev.dtype == np.float32
+
+
+def test_step_noise_draws_and_the_options_objectives():
+    """noise_draw: T factors in U(0.98, 1.02), one per step or one per coordinate (the
+    released code's); ls_form applies to the paper's objective only, noise_draw to the
+    unrolled ones."""
+    model = tiny_bn_convnet()
+    per_step = MetaTrainer(Problem(model), _RandomStream(), T=3, seed=0)._draw_noise()
+    per_coord = MetaTrainer(Problem(model), _RandomStream(), T=3, seed=0,
+                            noise_draw="coordinate")._draw_noise()
+    assert len(per_step) == len(per_coord) == 3
+    assert all(isinstance(u, float) and 0.98 <= u <= 1.02 for u in per_step)
+    for u in per_coord:
+        assert u.shape == (model.num_params,) and u.dtype == np.float64
+        assert 0.98 <= u.min() < u.max() <= 1.02
+    with pytest.raises(UserError, match="ls_form do\\(es\\) not apply with objective='horizon'"):
+        MetaTrainer(Problem(model), _RandomStream(), objective="horizon", ls_form="half")
+    with pytest.raises(UserError, match="noise_draw do\\(es\\) not apply with objective='es'"):
+        MetaTrainer(Problem(model), _RandomStream(), objective="es", noise_draw="coordinate")
+    with pytest.raises(UserError, match="ls_form must be one of paper, half"):
+        MetaTrainer(Problem(model), _RandomStream(), ls_form="quarter")
 
 
 class _RandomStream:

@@ -9,15 +9,17 @@ from hfmeta.meta.mlhf_horizon import horizon_unroll
 from test_mlhf import _setup
 
 
-@pytest.mark.parametrize("clip,log,restart", [(0.05, False, None), (10.0, False, None),
-                                               (0.05, True, None), (0.05, True, 1 + 1e-9)])
-def test_horizon_meta_gradient_matches_finite_differences(clip, log, restart):
+@pytest.mark.parametrize("clip,log,restart,noise_draw", [
+    (0.05, False, None, "step"), (10.0, False, None, "step"), (0.05, True, None, "step"),
+    (0.05, True, 1 + 1e-9, "step"), (0.05, False, None, "coordinate")])
+def test_horizon_meta_gradient_matches_finite_differences(clip, log, restart, noise_draw):
     """L_H = (1/H) Σ_t l(x^t, w^t) (or of log l) over H = 3 steps of a tiny conv net with
     BN (float64), target-net derivatives as constants (the frozen replay), both meta-nets;
-    with the step clip active (0.05) and inactive (10), and with a PCG restart within
-    the unroll (ratio 1 + 1e-9: any loss increase restarts) and RNN_s's loss input."""
+    with the step clip active (0.05) and inactive (10), with a PCG restart within
+    the unroll (ratio 1 + 1e-9: any loss increase restarts) and RNN_s's loss input, and
+    with one step-noise factor per coordinate."""
     nets, theta, problem, w, states, d_prev, r_prev, batches, rows, noise, _ = _setup(
-        loss_input=restart is not None)
+        loss_input=restart is not None, noise_draw=noise_draw)
     res = horizon_unroll(nets, theta, problem, w, copy.deepcopy(states), d_prev, r_prev,
                          batches, rows, clip=clip, noise=noise, train="sp", log=log,
                          restart=restart)

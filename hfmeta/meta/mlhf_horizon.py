@@ -47,7 +47,8 @@ import numpy as np
 
 from .. import backend
 from .mlhf import SOFTPLUS, clip_step, mlhf_direction, warm_start
-from .mlhf_train import STEP_CLIP, Frozen, UnrollResult, clip_step_vjp, l_p_term, lean_loss_and_grad
+from .mlhf_train import (STEP_CLIP, Frozen, UnrollResult, clip_step_vjp, l_p_term,
+                         lean_loss_and_grad, step_factor)
 from ..pcg import pcg_backward
 
 
@@ -90,7 +91,7 @@ def horizon_unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, row
             rec.w.append(w)
             rec.d_prev.append(d_prev)
             rec.r_prev.append(r_prev)
-            rec.noise.append(1.0 if noise is None else float(noise[t]))
+            rec.noise.append(step_factor(noise, t))
         else:
             w_lin, d_prev, r_prev = frozen.w[t], frozen.d_prev[t], frozen.r_prev[t]
             f_t, g_t, lin_t = lean_loss_and_grad(problem, w_lin, batches[t])

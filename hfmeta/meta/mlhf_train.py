@@ -8,6 +8,23 @@ clipped to norm 0.25‖w‖ and multiplied by noise U(0.98, 1.02).  Two losses::
     l_s^t = l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}) − 2 l(x^t, w^t)
     l_s   = Σ_t softmax(l_s)_t · l_s^t                                          (10·l_s trains RNN_s)
 
+Two choices the paper leaves open, each an option of :class:`MetaTrainer`:
+
+* ``noise_draw``: the released code draws the noise per coordinate
+  (``tf.random_uniform(x.shape, 0.98, 1.02)``), which also turns the
+  direction a little; ``"step"`` (the default) draws one factor per step,
+  which only rescales it.  The default is "step" because the shipped
+  ``mlhf_paper.h5`` and every documented meta-training were made with it;
+  ``"coordinate"`` is the released code's.
+* ``ls_form``: ``"paper"`` (the default) takes l_s^t as above, the paper's
+  equation (5); ``"half"`` takes half of it, as the released code does
+  (``(l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}))/2 − l(x^t, w^t)``).  Half l_s^t
+  halves RNN_s's gradient and takes the softmax weights at half the
+  temperature's inverse, softmax(l_s/2), so the unroll's worst steps weigh
+  less.  The paper's form is the default because the paper is the
+  reference this project implements; the factor is one constant, so the
+  meta-gradient needs nothing else.
+
 Stop-gradients (paper section 3.1): nothing flows through w^t, g^t, d_0^t,
 r_0^t (so the RNN inputs are constants), through l(x^t, w^t) or through the
 softmax weights; the LSTM states are *not* stopped (BPTT across the unroll).
@@ -58,6 +75,7 @@ from ..pcg import pcg_backward
 
 STEP_CLIP = 0.25        # released code: ‖lr·d‖ ≤ 0.25 ‖w‖ during meta-training
 STEP_NOISE = 0.02       # released code: step × U(0.98, 1.02) during meta-training
+LS_SCALE = {"paper": 1.0, "half": 0.5}      # ls_form: l_s^t as in the paper, or half of it
 LS_WEIGHT = 10.0        # 10 · l_s trains RNN_s (METHODS.md)
 CURVATURE_TINY = 1e-12  # floor of ⟨d, A d⟩ in l_p
 
@@ -69,7 +87,7 @@ class Frozen:
     d_prev: list = field(default_factory=list)     # d_0^t
     r_prev: list = field(default_factory=list)     # r_0^t
     inputs: list = field(default_factory=list)     # (RNN_s inputs, RNN_p inputs)
-    noise: list = field(default_factory=list)      # the step's U(0.98, 1.02) factor
+    noise: list = field(default_factory=list)      # the step's U(0.98, 1.02) factor(s)
     ls_weights: object = None                      # softmax(l_s), stop-gradient
 
 
@@ -83,6 +101,16 @@ class UnrollResult:
     r_prev: object
     frozen: Frozen
     stats: dict
+
+
+def step_factor(noise, t):
+    """The noise factor u^t of step t: 1.0 without noise (``noise`` None), a Python
+    float for one factor per step (a NumPy float64 would promote float32 weights to
+    float64), or the step's vector of per-coordinate factors as it is."""
+    if noise is None:
+        return 1.0
+    u = noise[t]
+    return u if getattr(u, "ndim", 0) else float(u)
 
 
 def clip_step_vjp(d, scale, y):
@@ -135,7 +163,7 @@ def held_out_start(model, batches, T, k, seed=12345, warm=0):
 
 def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.0,
            clip=STEP_CLIP, noise=None, ls_weight=LS_WEIGHT, frozen=None, backward=True,
-           train="sp", record=True, restart=None):
+           train="sp", record=True, restart=None, ls_scale=1.0):
     """Run T = ``len(batches) − 1`` MLHF steps and (optionally) their meta-gradient.
 
     ``train`` names the meta-nets that get a gradient ("s", "p" or "sp"); the
@@ -143,7 +171,9 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
     are skipped.
 
     ``states`` (LSTM states) are updated in place.  ``noise`` is a list of T
-    step factors (None: no noise).  With ``frozen`` (a :class:`Frozen` of an
+    step factors, numbers or flat vectors of one factor per coordinate (None:
+    no noise); ``ls_scale`` multiplies every l_s^t (1: the paper, 0.5: the
+    released code).  With ``frozen`` (a :class:`Frozen` of an
     earlier call) the stop-gradient quantities are taken from it instead of
     the run: this is the function whose finite differences the meta-gradient
     must match.  ``record=False`` keeps only the noise and the softmax weights
@@ -184,7 +214,7 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
                 rec.r_prev.append(r_prev)
                 rec.inputs.append((dirn.inputs_s, dirn.inputs_p))
             # a Python float: a NumPy float64 factor would promote float32 weights to float64
-            rec.noise.append(1.0 if noise is None else float(noise[t]))
+            rec.noise.append(step_factor(noise, t))
         caches_s.append(dirn.cache_s)
         caches_p.append(dirn.cache_p)
         res_norms.append(float(xp.linalg.norm(r)))
@@ -206,9 +236,9 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
         # name would keep a third one alive through the rest of the step)
         f_same, g_same = lean_loss_and_grad(problem, w_next, batches[t])[:2]
         f_next, g_next, lin_next = lean_loss_and_grad(problem, w_next, batches[t + 1])
-        ls_vals.append(float(f_next) + float(f_same) - 2 * float(f_t))
+        ls_vals.append(ls_scale * (float(f_next) + float(f_same) - 2 * float(f_t)))
         if need_s:
-            y = (-lr * u) * (g_next + g_same)
+            y = (-lr * u * ls_scale) * (g_next + g_same)
             s_bar = pcg_backward(dirn.pcg, dirn.apply_A, clip_step_vjp(d, scale, y), None,
                                  need=("s",))["s"]
             dout_s[t] = SOFTPLUS.backward(dirn.out_s[:, 0], s_bar)[:, None]
@@ -250,10 +280,15 @@ TRAINER_RANGES = {"T": COUNT, "n": COUNT, "hidden": SIZES, "meta_lr": NONNEGATIV
                   "noise": Range(0, 1, high_open=True), "use_rnn_p": FLAG, "loss_input": FLAG,
                   "train": Choice(("sp", "s", "p")),
                   "objective": Choice(("paper", "horizon", "horizon-log", "es")),
-                  "inputs": Choice(("tanh", "logsign")), "es_params": Choice(ES_PARAMS)}
-#: options only the unrolled objectives use, and options only objective="es" uses
-UNROLL_ONLY = ("T", "clip", "noise", "reset_prob", "buffer", "store_every")
-ES_ONLY = ("es_pairs", "es_sigma", "es_steps", "es_params", "es_cap", "workers")
+                  "inputs": Choice(("tanh", "logsign")), "es_params": Choice(ES_PARAMS),
+                  "noise_draw": Choice(("step", "coordinate")), "ls_form": Choice(tuple(LS_SCALE))}
+#: the objectives an option applies to (the others refuse it away from its default)
+UNROLLED = ("paper", "horizon", "horizon-log")
+APPLIES_TO = {**dict.fromkeys(("T", "clip", "noise", "noise_draw", "reset_prob", "buffer",
+                               "store_every"), UNROLLED),
+              **dict.fromkeys(("es_pairs", "es_sigma", "es_steps", "es_params", "es_cap",
+                               "workers"), ("es",)),
+              "ls_form": ("paper",)}
 
 
 class MetaTrainer:
@@ -268,7 +303,10 @@ class MetaTrainer:
     weights every this many meta-iterations; fresh nets are not stored
     separately, as METHODS.md suggests, but keep coming from the buffer's
     1/(len + 1) fresh draws, :class:`~hfmeta.meta.common.ReplayBuffer`), ``clip``/``noise`` (the
-    released code's step clip and noise), ``train`` (which meta-nets learn:
+    released code's step clip and noise), ``noise_draw`` ("step": one noise
+    factor per step, or "coordinate", the released code's one per coordinate;
+    see above), ``ls_form`` ("paper" or "half", the released code's l_s^t / 2;
+    see above), ``train`` (which meta-nets learn:
     "sp" both, the paper; "s" or "p" keeps the other at its initialisation,
     or at the values of ``resume_from``), ``inputs`` (the RNN input
     preprocessing, "tanh" as in the paper or "logsign", see
@@ -295,20 +333,22 @@ class MetaTrainer:
     step) on the output layers of the trained nets (``es_params="out"``) or
     on all of them (``"all"``), of the kinds the target net has; ``workers``
     runs them in forked processes.
-    T, clip, noise, reset_prob and the replay buffer do not apply to it.
+    T, clip, noise, noise_draw, ls_form, reset_prob and the replay buffer do not
+    apply to it; ls_form applies to the paper's objective only.
     """
 
     def __init__(self, problem, batches, T=10, n=4, hidden=(4, 4), use_rnn_p=True,
                  meta_lr=1e-3, l2=2e-7, max_grad_norm=1.0, reset_prob=0.7, buffer=200,
-                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, train="sp", inputs="tanh",
+                 store_every=5, clip=STEP_CLIP, noise=STEP_NOISE, noise_draw="step",
+                 ls_form="paper", train="sp", inputs="tanh",
                  objective="paper", restart=None, loss_input=False, es_pairs=8, es_sigma=0.1,
                  es_steps=120, es_params="out", es_cap=10.0, workers=1, init_damping=None,
                  seed=0):
         options = {k: v for k, v in locals().items() if k not in ("self", "problem", "batches")}
         check_options("mlhf meta-training", options, TRAINER_RANGES)
         defaults = inspect.signature(MetaTrainer.__init__).parameters
-        unused = [k for k in UNROLL_ONLY + ES_ONLY if options[k] != defaults[k].default
-                  and (k in ES_ONLY) != (objective == "es")]
+        unused = [k for k, objectives in APPLIES_TO.items()
+                  if options[k] != defaults[k].default and objective not in objectives]
         if unused:
             raise UserError(f"mlhf meta-training: {', '.join(unused)} do(es) not apply with "
                             f"objective={objective!r}")
@@ -316,7 +356,8 @@ class MetaTrainer:
         model = problem.model
         self.xp, self.dtype = model.xp, model.dtype
         self.T, self.reset_prob, self.store_every = int(T), float(reset_prob), int(store_every)
-        self.clip, self.noise = clip, noise
+        self.clip, self.noise, self.noise_draw = clip, noise, noise_draw
+        self.ls_scale = LS_SCALE[ls_form]
         self.restart = check_restart(restart, "meta-train")
         self.nets = MLHFNets(hidden, use_rnn_p=use_rnn_p, n=n, b_mt=batches.batch_size,
                               inputs=inputs, loss_input=loss_input)
@@ -362,6 +403,19 @@ class MetaTrainer:
         self.states = self._zero_states()
         self.d_prev = self.r_prev = None
 
+    def _draw_noise(self):
+        """The unroll's T step-noise factors U(1 − noise, 1 + noise): numbers
+        (``noise_draw="step"``) or vectors of one per coordinate, in the target net's
+        dtype and on its device (``"coordinate"``); None without noise."""
+        if not self.noise:
+            return None
+        low, high = 1 - self.noise, 1 + self.noise
+        if self.noise_draw == "step":
+            return list(self.rng.uniform(low, high, self.T))
+        model = self.problem.model
+        return [backend.to_device(self.rng.uniform(low, high, model.num_params).astype(self.dtype),
+                                  model.device) for _ in range(self.T)]
+
     def meta_step(self):
         """One meta-iteration: maybe reset, unroll T steps, Adam update. Returns stats."""
         if self.es is not None:
@@ -372,8 +426,7 @@ class MetaTrainer:
         if self.iteration % self.store_every == 0:
             self.replay.store(self.w)
         batches = [self._pending or next(self.batches)] + [next(self.batches) for _ in range(self.T)]
-        noise = (list(self.rng.uniform(1 - self.noise, 1 + self.noise, self.T))
-                 if self.noise else None)
+        noise = self._draw_noise()
         t0 = time.perf_counter()
         if self.objective.startswith("horizon"):
             from .mlhf_horizon import horizon_unroll     # (that module builds on this one)
@@ -384,7 +437,8 @@ class MetaTrainer:
         else:
             res = unroll(self.nets, self.theta, self.problem, self.w, self.states, self.d_prev,
                          self.r_prev, batches, self.rows, lr=1.0, clip=self.clip, noise=noise,
-                         train=self.train, record=False, restart=self.restart)
+                         train=self.train, record=False, restart=self.restart,
+                         ls_scale=self.ls_scale)
         grad_norm = self._adam_step(res.grad[self.trained])
         self.w, self.d_prev, self.r_prev, self._pending = res.w, res.d_prev, res.r_prev, batches[-1]
         if not bool(self.xp.isfinite(self.w).all()):    # on the device: no host copy of w
@@ -448,7 +502,7 @@ class MetaTrainer:
                     batches = batches[k:]
                     frozen = unroll(self.nets, reference, self.problem, w, self._zero_states(),
                                     None, None, batches, self.rows, clip=self.clip,
-                                    backward=False).frozen
+                                    backward=False, ls_scale=self.ls_scale).frozen
                     windows.append((w, batches, frozen))
             self._held_out = (key, windows)
         return self._held_out[1]
@@ -458,7 +512,7 @@ class MetaTrainer:
         (no update), on the windows of :meth:`held_out`.
 
         * ``l_p``, ``l_s``, ``residual``: the meta-losses (and mean ‖r_n‖) as the
-          meta-gradient defines them -- with the paper's stop-gradients, at the
+          meta-gradient defines them (l_s in this trainer's ``ls_form``) -- with the paper's stop-gradients, at the
           windows' recorded w^t, g^t, d_0^t, r_0^t and RNN inputs (the
           :class:`Frozen` replay; the LSTM states run with ``theta``).  The
           same states for every ``theta``, so a change is the meta-nets' doing.
@@ -476,7 +530,8 @@ class MetaTrainer:
         out = {"l_p": [], "l_s": [], "residual": [], "loss_end": []}
         for w, batches, frozen in self.held_out(starts, warm, seed):
             fixed = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
-                           batches, self.rows, clip=self.clip, frozen=frozen, backward=False)
+                           batches, self.rows, clip=self.clip, frozen=frozen, backward=False,
+                           ls_scale=self.ls_scale)
             own = unroll(self.nets, theta, self.problem, w, self._zero_states(), None, None,
                          batches, self.rows, clip=self.clip, backward=False, record=False,
                          restart=self.restart)
