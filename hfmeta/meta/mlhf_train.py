@@ -19,9 +19,8 @@ Two choices the paper leaves open, each an option of :class:`MetaTrainer`:
 * ``ls_form``: ``"paper"`` (the default) takes l_s^t as above, the paper's
   equation (5); ``"half"`` takes half of it, as the released code does
   (``(l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}))/2 − l(x^t, w^t)``).  Half l_s^t
-  halves RNN_s's gradient and takes the softmax weights at half the
-  temperature's inverse, softmax(l_s/2), so the unroll's worst steps weigh
-  less.  The paper's form is the default because the paper is the
+  halves RNN_s's gradient and makes its weights softmax(l_s/2), flatter:
+  the unroll's worst steps weigh less.  The paper's form is the default because the paper is the
   reference this project implements; the factor is one constant, so the
   meta-gradient needs nothing else.
 
