@@ -47,6 +47,11 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
 @click.option("--grid/--no-grid", default=True, show_default=True,
               help="Tune each hand-crafted optimizer over its MLHF Table 1 grid (SOU's grid "
                    "is hfmeta's own; martens-hf has one point).")
+@click.option("--grid-batch", default=128, show_default=True, metavar="N",
+              type=click.IntRange(min=1),
+              help="The baseline batch size b_bl of Table 1: the first-order learning rates "
+                   "are {0.1, 0.01, 0.001} × batch size / b_bl (128 for the paper's convnet "
+                   "runs, section 4.1; 256 for its ResNet runs, section 4.4).")
 @click.option("--hp", "hps", multiple=True, metavar="OPT:NAME=VALUE",
               help="Fix a hyper-parameter of one optimizer, e.g. adam:lr=0.001 (repeatable); "
                    "the grid tunes the others.")
@@ -63,7 +68,7 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
 @click.option("--keep-all", is_flag=True, help="Keep every grid point's run, not only the best.")
 @click.pass_context
 def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs, steps,
-            eval_every, grid, hps, metas, select, precise_bn, out, keep_all):
+            eval_every, grid, grid_batch, hps, metas, select, precise_bn, out, keep_all):
     """Train with each OPTIMIZER (tuned over its grid), keep the best runs, print one table.
 
     Example: hfmeta compare sgd rmsprop adam mlhf --epochs 2
@@ -106,9 +111,9 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
     stop = []                                    # Ctrl-C between grid points
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     try:
-        rows = compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, split,
-                           batch_size, epochs, steps, eval_every, select, precise_bn, out,
-                           keep_all, obj, stop)
+        rows = compare_all(optimizers, fixed, meta_files, grid, grid_batch, model, model_opts,
+                           data, split, batch_size, epochs, steps, eval_every, select,
+                           precise_bn, out, keep_all, obj, stop)
     finally:
         signal.signal(signal.SIGINT, previous)
     table = [f"{'optimizer':12s} {'grid':>5s} {'train loss':>11s} {'test loss':>10s} "
@@ -133,8 +138,9 @@ def finite_or_null(record):
             for k, v in record.items()}
 
 
-def compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, split, batch_size,
-                epochs, steps, eval_every, select, precise_bn, out, keep_all, obj, stop):
+def compare_all(optimizers, fixed, meta_files, grid, grid_batch, model, model_opts, data, split,
+                batch_size, epochs, steps, eval_every, select, precise_bn, out, keep_all, obj,
+                stop):
     """Train every optimizer over its grid points; ``[(name, points, best summary)]``."""
     from hfmeta.errors import NonFiniteLoss, UserError
     from hfmeta.optim import OPTIMIZERS, grid as table1_grid
@@ -151,7 +157,7 @@ def compare_all(optimizers, fixed, meta_files, grid, model, model_opts, data, sp
         points = [{}]
         if grid and name in OPTIMIZERS:      # the grid with the fixed values put in, once each
             points = []
-            for p in table1_grid(name, batch_size):
+            for p in table1_grid(name, batch_size, grid_batch):
                 if {**p, **own} not in points:
                     points.append({**p, **own})
         results = []

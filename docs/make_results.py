@@ -982,7 +982,9 @@ def render_transfer(e):
          f"target split, batch {r['batch']} (lr = b_tr/b_mt = {r['lr']:g}), {r['epochs']:g} "
          f"epochs, seed{'s' if len(r['seeds']) > 1 else ''} "
          f"{', '.join(r['seeds'])}. Baselines tuned over their full "
-         f"Table-1 grids.", "",
+         f"Table-1 grids at b_bl = 128 (`compare`'s default `--grid-batch`: first-order "
+         f"learning rates {{0.1, 0.01, 0.001}} × {r['batch']}/128; the paper's ResNet runs, "
+         f"section 4.4, use b_bl = 256, which would make every rate half as large).", "",
          commands_block(e), "", f"Wall time of this experiment: **{e['wall'] / 60:.1f} min**.", "",
          f"Held-out meta-losses of the resnet-mini meta-training (seed {r['seed']}), before → "
          f"after: l_p "

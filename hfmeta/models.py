@@ -12,7 +12,8 @@ name           architecture (input c×h×w, k classes)
                SAME → ReLU → max-pool 2/2 → conv 5×5×64 SAME → ReLU →
                max-pool 2/2 → fc 384 → ReLU → fc 192 → ReLU → fc k.
                1,756,426 parameters on 3×32×32 with k = 10; ``width``
-               scales every hidden width (0.25 is close to the paper's 186k).
+               scales every hidden width (0.32 gives 177,287, close to the
+               paper's 186k; 0.25 gives 111,178).
 ``resnet-mini`` ResNet-20 v2 (He et al. 2016, pre-activation): conv 3×3×16
                stem, 3 stages × 3 blocks of 16, 32, 64 channels, a 1×1
                projection of the pre-activated input in the first block of

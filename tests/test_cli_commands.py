@@ -85,6 +85,19 @@ def test_compare_tunes_each_optimizer_over_its_grid(tmp_path):
     assert "best hyper-parameters" in r.output
 
 
+def test_compare_grid_batch_is_tables_baseline_batch(tmp_path):
+    """--grid-batch sets Table 1's b_bl: lr ∈ {0.1, 0.01, 0.001} × b_tr / b_bl (the paper's
+    ResNet runs, section 4.4, use b_bl = 256)."""
+    out = tmp_path / "cmp"
+    r = invoke("-q", "compare", "sgd", *TINY_MODEL, "--steps", "2", "--batch-size", "16",
+               "--grid-batch", "256", "--hp", "sgd:momentum=0.9", "--keep-all",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    lrs = sorted(json.loads((p / "config.json").read_text())["hparams"]["lr"]
+                 for p in (out / "sgd").iterdir())
+    np.testing.assert_allclose(lrs, [0.001 / 16, 0.01 / 16, 0.1 / 16])
+
+
 def test_meta_train_command_tiny(tmp_path):
     out = tmp_path / "m.h5"
     r = invoke("-q", "meta-train", "--method", "mlhf", "--model", "cnn-small", "--model-opt",

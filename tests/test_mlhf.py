@@ -196,6 +196,23 @@ def test_float32_meta_training_keeps_the_target_net_in_float32(noise_draw):
         assert trainer.w.dtype == np.float32 and trainer.d_prev.dtype == np.float32
 
 
+@pytest.mark.parametrize("max_grad_norm", [1.0, "theta"])
+def test_meta_gradient_clip_absolute_or_at_the_meta_parameters_norm(max_grad_norm):
+    """max_grad_norm: a number clips the meta-gradient's global norm there (ours, 1.0);
+    "theta" clips it at ‖θ‖ of all meta-parameters, as the released code does.  After one
+    Adam step m = (1 − β₁) ĝ, so ‖m‖ / (1 − β₁) is the clipped norm."""
+    trainer = MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), l2=0.0,
+                          max_grad_norm=max_grad_norm)
+    expected = np.linalg.norm(trainer.theta) if max_grad_norm == "theta" else 1.0
+    assert expected > 10 or max_grad_norm == 1.0          # ‖θ‖ ≈ 18 at initialisation
+    grad = np.full(trainer.nets.size, 1e3)
+    assert trainer._adam_step(grad) == pytest.approx(np.linalg.norm(grad), rel=1e-12)
+    assert np.linalg.norm(trainer.adam.m) / (1 - trainer.adam.beta1) == pytest.approx(
+        expected, rel=1e-12)
+    with pytest.raises(UserError, match="max_grad_norm must be a number >= 0 or 'theta' or None"):
+        MetaTrainer(Problem(tiny_bn_convnet()), _RandomStream(), max_grad_norm="norm")
+
+
 def test_step_noise_draws_and_the_options_objectives():
     """noise_draw: T factors in U(0.98, 1.02), one per step or one per coordinate (the
     released code's); ls_form applies to the paper's objective only, noise_draw to the

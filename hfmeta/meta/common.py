@@ -52,11 +52,12 @@ class MetaAdam:
         self.v = xp.zeros(size, dtype=dtype)
         self.t = 0
 
-    def update(self, theta, grad):
-        """Return the updated ``theta`` (a new array) and the gradient norm before clipping."""
+    def update(self, theta, grad, max_norm=None):
+        """Return the updated ``theta`` (a new array) and the gradient norm before clipping;
+        ``max_norm``: this update's clip threshold (None: the constructor's)."""
         xp = backend.get_array_module(theta)
         g = grad + self.l2 * theta
-        norm = clip_by_global_norm(g, self.max_norm)
+        norm = clip_by_global_norm(g, self.max_norm if max_norm is None else max_norm)
         self.t += 1
         self.m *= self.beta1
         self.m += (1 - self.beta1) * g

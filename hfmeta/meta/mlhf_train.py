@@ -271,7 +271,8 @@ def unroll(nets, theta, problem, w, states, d_prev, r_prev, batches, rows, lr=1.
 
 #: the allowed values of MetaTrainer's numeric options (clip 0: no clipping)
 TRAINER_RANGES = {"T": COUNT, "n": COUNT, "hidden": SIZES, "meta_lr": NONNEGATIVE,
-                  "l2": NONNEGATIVE, "max_grad_norm": optional(NONNEGATIVE),
+                  "l2": NONNEGATIVE,
+                  "max_grad_norm": Range(0, or_none=True, also=("theta",)),
                   "reset_prob": Range(0, 1), "buffer": NATURAL, "store_every": COUNT,
                   "clip": optional(NONNEGATIVE),
                   "es_pairs": COUNT, "es_sigma": POSITIVE, "es_steps": COUNT,
@@ -297,7 +298,11 @@ class MetaTrainer:
     (10), ``n`` PCG iterations (4), ``hidden`` LSTM units ((4, 4)),
     ``use_rnn_p`` (False = the ablation with P = I), ``meta_lr`` Adam rate
     (1e-3; 1e-2 for ResNets), ``l2`` (2e-7), ``max_grad_norm`` (global-norm
-    clip of the meta-gradient, 1.0), ``reset_prob`` (0.7; 0.5 for ResNets),
+    clip of the meta-gradient, L2 term included: 1.0, ours; or "theta", the
+    released code's: clipped at the norm of all meta-parameters, ‖θ‖, about 18
+    at initialisation; None or 0: no clip; the released code also divides the
+    meta learning rate by 10 at epochs 150, 190 and 220 of its 250, a schedule
+    for runs far longer than ours, not offered), ``reset_prob`` (0.7; 0.5 for ResNets),
     ``buffer`` replay capacity (200), ``store_every`` (store the current
     weights every this many meta-iterations; fresh nets are not stored
     separately, as METHODS.md suggests, but keep coming from the buffer's
@@ -378,7 +383,9 @@ class MetaTrainer:
             self.trained = es_coordinates(self.nets, train, model.layout.kinds, es_params)
             self.es = WholeRunES(self, es_pairs, es_sigma, es_steps, es_cap, workers)
         n_trained = len(np.arange(self.nets.size)[self.trained])
-        self.adam = MetaAdam(n_trained, meta_lr, l2, max_grad_norm, xp=self.xp, dtype=self.dtype)
+        self.max_grad_norm = max_grad_norm
+        self.adam = MetaAdam(n_trained, meta_lr, l2, None if max_grad_norm == "theta" else
+                             max_grad_norm, xp=self.xp, dtype=self.dtype)
         self.rows = self.nets.rows(model.layout)
         self.replay = ReplayBuffer(buffer)
         self.rng = np.random.default_rng([seed, 1])
@@ -449,7 +456,9 @@ class MetaTrainer:
     def _adam_step(self, grad):
         """Adam on the trained coordinates of ``theta`` (a new array); the gradient norm."""
         theta = self.theta.copy()
-        theta[self.trained], grad_norm = self.adam.update(theta[self.trained], grad)
+        limit = (float(self.xp.linalg.norm(theta)) if self.max_grad_norm == "theta"
+                 else None)                       # None: the constructor's max_grad_norm
+        theta[self.trained], grad_norm = self.adam.update(theta[self.trained], grad, limit)
         self.theta = theta
         return grad_norm
 
