@@ -62,6 +62,11 @@ class Group(click.Group):
             raise CleanError(f"out of memory: {e}" if str(e) else "out of memory", 1) from None
         except OverflowError as e:   # e.g. --epochs 1e308 steps
             raise CleanError(f"a number too large: {e}", 1) from None
+        except (KeyboardInterrupt, click.Abort):
+            # Ctrl-C outside the loops that save and say where they stopped (setting up a
+            # run, gradcheck, bench): one line and the shell's code for SIGINT, not
+            # Click's "Aborted!" with exit 1
+            raise CleanError("interrupted", 130) from None
 
 
 COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "bench", "data",
@@ -73,8 +78,8 @@ COMMANDS = ("train", "evaluate", "meta_train", "compare", "plot", "gradcheck", "
               help="NumPy on the CPU or CuPy on the GPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Floating-point type of weights and activations.")
-@click.option("--seed", metavar="N", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed for init, shuffling, sampling.")
+@click.option("--seed", metavar="N", type=click.IntRange(0, 2 ** 63 - 1), default=0,
+              show_default=True, help="Seed for init, shuffling, sampling.")
 @click.option("-v", "--verbose", count=True, help="More output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final summary and errors.")
 @click.version_option(__version__, prog_name="hfmeta")

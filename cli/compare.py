@@ -127,15 +127,9 @@ def command(ctx, optimizers, model, model_opts, data, split, batch_size, epochs,
                      f"{s['run_dir']}")
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "compare.json"),
-               [finite_or_null({"optimizer": n, "grid_points": k, **s}) for n, k, s in rows],
+               [{"optimizer": n, "grid_points": k, **s} for n, k, s in rows],
                indent=2, default=float)
     click.echo("\n".join(table))
-
-
-def finite_or_null(record):
-    """compare.json stays strict JSON: a diverged run's inf/NaN figures become null."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in record.items()}
 
 
 def compare_all(optimizers, fixed, meta_files, grid, grid_batch, model, model_opts, data, split,

@@ -139,7 +139,7 @@ def command(ctx, model, model_opts, data, split, optimizer, hps, meta, batch_siz
                         batch_size=batch_size, epochs=epochs, steps=steps, eval_every=eval_every,
                         checkpoint_every=checkpoint_every, augment=augment, seed=obj["seed"],
                         device=obj["device"], dtype=obj["dtype"], precise_bn=precise_bn)
-        run = Run.create(cfg, out or default_run_dir(model, optimizer))
+        run = Run.create(cfg, out or default_run_dir(model, optimizer), unique=out is None)
     quiet = obj.get("verbosity", 0) < 0
     if not quiet:
         click.echo(f"training {run.model!r} with {run.opt!r} for {run.total_steps} steps "

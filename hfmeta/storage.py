@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 
@@ -130,10 +131,24 @@ def rewrite_lines(path, lines):
 
 def write_json(path, obj, **dump_options):
     """``json.dump(obj)`` to ``path`` atomically (:func:`atomic_replace`): a run's
-    config.json or summary.json is either the old one or the new one, never half."""
+    config.json or summary.json is either the old one or the new one, never half.
+    Strict JSON: an infinite or NaN float (a diverged run's figures) is written as
+    null, not as the ``NaN`` that other JSON readers refuse."""
     with atomic_replace(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(obj, f, **dump_options)
+            json.dump(finite_or_null(obj), f, allow_nan=False, **dump_options)
+
+
+def finite_or_null(obj):
+    """``obj`` with every non-finite float (NumPy's too), in dicts and lists at any
+    depth, as None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def _umask():

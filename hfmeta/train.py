@@ -51,6 +51,11 @@ from .problem import Problem
 from .storage import load_checkpoint, read_jsonl, rewrite_lines, save_checkpoint, write_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.h5", "summary.json"
+#: the configuration a checkpoint's weights, optimizer state and data stream belong to:
+#: config.json edited afterwards must agree (steps, evaluation, logging, the device and
+#: the paths of moved files may change)
+STATE_DEFINING = ("model", "model_options", "split", "optimizer", "hparams", "batch_size",
+                  "seed", "dtype", "augment")
 
 
 @dataclass
@@ -101,6 +106,33 @@ RUN_RANGES = {"batch_size": COUNT, "steps": optional(COUNT),
               "epochs": POSITIVE}
 
 
+def refuse_to_overwrite(run_dir):
+    """A new run may go to a new or empty folder only: a :class:`UserError` for a folder
+    holding a run (resume it) or other files, or for a file."""
+    if os.path.isfile(run_dir):
+        raise UserError(f"{run_dir} is a file; choose another --out")
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if os.path.exists(os.path.join(run_dir, CONFIG)):
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} "
+                            f"or choose another --out")
+        raise UserError(f"{run_dir} is not empty; choose another --out")
+
+
+def claim_new_folder(base):
+    """Create and return the first of ``base``, ``base-2``, ``base-3``, … that does not
+    exist; ``os.mkdir`` fails if another process made it first, so each caller gets
+    its own."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    for k in range(1, 10 ** 6):
+        path = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"no free folder name next to {base}")
+
+
 def make_optimizer(name, hparams, meta=None, model=None):
     """A hand-crafted optimizer from :mod:`hfmeta.optim`, or a learned one from :mod:`hfmeta.meta`."""
     from .optim import OPTIMIZERS, get_optimizer
@@ -134,6 +166,8 @@ class Run:
         augment = self.dataset.default_augment if cfg.augment is None else cfg.augment
         self.batches = self.dataset.batches(cfg.split, cfg.batch_size, seed=cfg.seed,
                                             augment=augment, dtype=cfg.dtype, device=cfg.device)
+        if cfg.steps is None and not math.isfinite(cfg.epochs * self.batches.steps_per_epoch):
+            raise UserError(f"--epochs {cfg.epochs:g} is more steps than can be counted")
         self.total_steps = (cfg.steps if cfg.steps is not None
                             else max(1, int(round(cfg.epochs * self.batches.steps_per_epoch))))
         self.eval_every = cfg.eval_every or self.batches.steps_per_epoch
@@ -154,28 +188,45 @@ class Run:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: RunConfig, run_dir: str):
-        if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} "
-                            f"or choose another --out")
+    def create(cls, cfg: RunConfig, run_dir: str, unique=False):
+        """A new run in ``run_dir``, which must not exist or be an empty folder: one
+        holding a run (its config.json, with or without a checkpoint) is resumed with
+        :meth:`resume`, and other files are not overwritten.  ``unique``: ``run_dir`` is a
+        default name (``hfmeta train`` without ``--out``); the run takes the first of
+        ``run_dir``, ``run_dir-2``, ``run_dir-3``, … that it can create, so two runs
+        started in the same second get a folder each."""
+        if not unique:
+            refuse_to_overwrite(run_dir)
         cfg.check()                    # (open checks a saved configuration, naming its file)
         run = cls(cfg, run_dir)        # validates model/data/optimizer before writing anything
-        os.makedirs(run_dir, exist_ok=True)
+        if unique:
+            run.dir = run_dir = claim_new_folder(run_dir)
+        else:
+            os.makedirs(run_dir, exist_ok=True)
         write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg), indent=2)
         open(os.path.join(run_dir, METRICS), "w").close()
         return run
 
     @classmethod
     def resume(cls, run_dir: str, steps: int | None = None):
-        """The run of ``run_dir`` at its checkpoint, ready to train on (``steps``: a new
-        total); log lines written after the checkpoint are dropped."""
+        """The run of ``run_dir`` at its checkpoint, ready to train on; log lines written
+        after the checkpoint are dropped.  ``steps``: a new total, written to config.json
+        (so a later ``--resume`` without it goes on to the same total), and a finished
+        run's summary.json is removed (it is written again at the new end)."""
         run = cls.open(run_dir, steps=steps)
         finished = os.path.exists(os.path.join(run_dir, SUMMARY))
+        if steps is not None and steps < run.step:
+            raise UserError(f"{run_dir} has already taken {run.step} steps, more than "
+                            f"--steps {steps}; give --steps above {run.step} to train on")
         if run.step >= run.total_steps and (finished or run._logged_eval() is None):
             # training on would only log a spurious evaluation; a run stopped between its
             # last checkpoint and its summary (a hard kill) resumes to write the summary
-            raise UserError(f"{run_dir} has already taken {run.step} of its {run.total_steps} "
-                            f"steps; resume with --steps above {run.step} to train on")
+            raise UserError(f"{run_dir} has already taken its {run.step} steps; resume with "
+                            f"--steps above {run.step} to train on")
+        if steps is not None:
+            write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(run.cfg), indent=2)
+            if finished:
+                os.remove(os.path.join(run_dir, SUMMARY))
         run._truncate_metrics()
         return run
 
@@ -207,6 +258,12 @@ class Run:
                                      and "w" in ckpt["weights"]
                                      and {"data", "step", "wall"} <= set(ckpt)):
             raise UserError(f"{ckpt_path} is not a training checkpoint")
+        if ckpt is not None and isinstance(ckpt.get("config"), dict):
+            differ = [k for k in STATE_DEFINING if k in ckpt["config"]
+                      and json.loads(json.dumps(ckpt["config"][k])) != saved.get(k)]
+            if differ:
+                raise UserError(f"{path} and {ckpt_path} disagree on {', '.join(differ)}: "
+                                f"the checkpoint was written by another configuration")
         return cls(cfg, run_dir, ckpt, optimizer)
 
     def _restore(self, ck):
@@ -215,8 +272,17 @@ class Run:
             raise UserError(f"checkpoint weights have {w.shape[0]} entries, model "
                             f"{self.cfg.model} has {self.model.num_params}")
         self.w = backend.to_device(w.astype(self.model.dtype), self.cfg.device)
-        self.opt_state = (self.opt.state_from_dict(ck.get("optimizer", {}), self.xp)
-                          if self.opt else None)
+        self.opt_state = None
+        if self.opt:
+            try:
+                self.opt_state = self.opt.state_from_dict(ck.get("optimizer", {}), self.xp)
+                missing = sorted(set(self.opt.init(self.w)) - set(self.opt_state))
+            except KeyError as e:
+                missing = [e.args[0]]
+            if missing:
+                raise UserError(f"{os.path.join(self.dir, CHECKPOINT)}: the optimizer state "
+                                f"lacks {', '.join(map(repr, missing))}, which "
+                                f"{self.cfg.optimizer} keeps")
         self.problem.state = {k: backend.to_device(v, self.cfg.device)
                               for k, v in ck.get("bn_state", {}).items()}
         self.batches.load_state_dict(ck["data"])
@@ -248,6 +314,14 @@ class Run:
                         bn_state=dict(self.problem.state), data=self.batches.state_dict(),
                         step=self.step, wall=self.wall, window=list(self._window))
 
+    def _diverged(self, what):
+        """The :class:`NonFiniteLoss` that stops a diverged run; the last good
+        checkpoint (if any) stays as it was."""
+        checkpoint = os.path.join(self.dir, CHECKPOINT)
+        kept = (f"the last good checkpoint is kept in {checkpoint}"
+                if os.path.exists(checkpoint) else "no checkpoint was written yet")
+        return NonFiniteLoss(f"{what} ({self.cfg.optimizer}); {kept}")
+
     def _log(self, record):
         with open(os.path.join(self.dir, METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -270,12 +344,16 @@ class Run:
 
     def evaluate(self):
         """Log (and return) an evaluation record: the training loss since the last one
-        and :meth:`test_figures`."""
+        and :meth:`test_figures`.  A non-finite test loss (finite weights whose logits
+        overflow) stops the run as a non-finite training loss does."""
         train_loss = float(np.mean(self._window)) if self._window else float("nan")
         self._window = []
         record = {"kind": "eval", "step": self.step, "samples": self.step * self.cfg.batch_size,
                   "wall": round(self.wall, 4), "train_loss": train_loss, **self.test_figures()}
         self._log(record)
+        if not math.isfinite(record["test_loss"]):
+            raise self._diverged(f"non-finite test loss at step {self.step}, training loss "
+                                 f"{train_loss:.3g}")
         return record
 
     def train(self, on_step=None, on_eval=None):
@@ -303,11 +381,7 @@ class Run:
                 self.wall += time.perf_counter() - t0
                 loss = float(info["loss"])
                 if not math.isfinite(loss) or not bool(self.xp.isfinite(w).all()):
-                    checkpoint = os.path.join(self.dir, CHECKPOINT)
-                    kept = (f"the last good checkpoint is kept in {checkpoint}"
-                            if os.path.exists(checkpoint) else "no checkpoint was written yet")
-                    raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} "
-                                        f"({self.cfg.optimizer}); {kept}")
+                    raise self._diverged(f"non-finite loss at step {self.step + 1}")
                 self.w, self.opt_state, self.step = w, state, self.step + 1
                 self._window.append(loss)
                 if self.step % self.cfg.log_every == 0:

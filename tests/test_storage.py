@@ -1,4 +1,5 @@
 """HDF5 checkpoints: round trip, atomic writes, corrupt files."""
+import json
 import os
 
 import numpy as np
@@ -155,3 +156,15 @@ def test_cupy_arrays_go_to_host(gpu, tmp_path):
     ck = storage.load_checkpoint(tmp_path / "g.h5")
     assert isinstance(ck["weights"]["w"], np.ndarray)
     np.testing.assert_array_equal(ck["weights"]["w"], np.arange(6.0))
+
+
+def test_write_json_is_strict_json(tmp_path):
+    """A diverged run's inf/NaN figures are written as null (json.dump's NaN is not JSON)."""
+    from hfmeta.storage import write_json
+    path = tmp_path / "s.json"
+    write_json(str(path), {"loss": float("nan"), "acc": np.float32("inf"), "ok": 0.5,
+                           "curve": [1.0, float("-inf")], "nested": {"x": np.float64("nan")}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "acc": None, "ok": 0.5, "curve": [1.0, None],
+                                "nested": {"x": None}}

@@ -139,7 +139,7 @@ def _tiny_config(**options):
 
 def test_ctrl_c_on_the_last_step_finishes_the_run(tmp_path):
     """It used to save, skip summary.json and advise --resume, which then refused
-    ('already taken 4 of its 4 steps')."""
+    ('already taken its 4 steps')."""
     from hfmeta.train import Run
     run = Run.create(_tiny_config(steps=4), str(tmp_path / "r"))
     summary = run.train(on_step=lambda step, info: step == 4 and os.kill(os.getpid(),
@@ -156,7 +156,7 @@ def test_a_run_killed_before_its_summary_resumes_to_write_it(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((run_dir / "summary.json").read_text()) == done
     assert len(_evals(run_dir)) == 2                     # nothing evaluated again
-    one_line_error(invoke("-q", "train", "--resume", str(run_dir)), 1, "already taken 6 of its 6")
+    one_line_error(invoke("-q", "train", "--resume", str(run_dir)), 1, "already taken its 6 steps")
 
 
 def test_sigint_saves_and_exits_cleanly(tmp_path):
@@ -287,7 +287,8 @@ def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path, steps)
     assert invoke("-q", "train", *TINY, "--steps", "3", "--out", str(out)).exit_code == 0
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     one_line_error(invoke("train", "--resume", str(out), *steps), 1,
-                   "has already taken 3 of its", "--steps above 3")
+                   "has already taken 3 steps, more than --steps 2" if steps[1:] == ["2"]
+                   else "has already taken its 3 steps", "--steps above 3")
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     r = invoke("-q", "train", "--resume", str(out), "--steps", "4")
     assert r.exit_code == 0 and "4 steps" in r.output and "nan" not in r.output
@@ -531,3 +532,104 @@ def test_evaluate_of_a_non_run_folder_or_a_run_without_checkpoint(tmp_path):
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"model": "mlp", "optimizer": "adam"}))
     one_line_error(invoke("evaluate", str(out)), 1, "has no checkpoint.h5")
+
+
+# -- found by a command-line audit (each failed before its fix) ---------------------------
+def test_a_seed_beyond_int64_is_a_usage_error(tmp_path):
+    """--seed 2^64 trained, then failed with a traceback at its first checkpoint (HDF5
+    has no integer that large), losing the run."""
+    one_line_error(invoke("--seed", str(2 ** 63), "train", *TINY, "--steps", "1",
+                          "--out", str(tmp_path / "r")), 2, "--seed")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    ({"optimizer": "sgd"}, "disagree on optimizer"),
+    ({"dtype": "float64"}, "disagree on dtype"),
+    ({"hparams": {"lr": 0.5}}, "disagree on hparams")])
+def test_resume_refuses_a_config_edited_away_from_its_checkpoint(tmp_path, edit, fragment):
+    """config.json edited after the checkpoint: another optimizer ended in a KeyError
+    traceback, another dtype resumed silently (no longer the same run)."""
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, **edit}))
+    one_line_error(invoke("-q", "train", "--resume", str(out), "--steps", "3"), 1, fragment,
+                   "another configuration")
+
+
+def test_resume_of_a_checkpoint_missing_optimizer_state(tmp_path):
+    import h5py
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    with h5py.File(out / "checkpoint.h5", "a") as f:
+        del f["optimizer/m"]
+    one_line_error(invoke("-q", "train", "--resume", str(out), "--steps", "3"), 1,
+                   "optimizer state lacks 'm'")
+
+
+def test_resume_with_more_steps_saves_the_new_total(tmp_path):
+    """--resume DIR --steps N: interrupted, the hint 'continue with --resume DIR' failed
+    ('already taken 49 of its 2 steps'), since N was never saved; the finished run's old
+    summary.json stayed beside the longer run.  Fewer steps than taken is refused."""
+    from hfmeta.train import Run
+    out = tmp_path / "run"
+    assert invoke("-q", "train", *TINY, "--steps", "2", "--out", str(out)).exit_code == 0
+    one_line_error(invoke("-q", "train", "--resume", str(out), "--steps", "1"), 1,
+                   "already taken 2 steps, more than --steps 1")
+    run = Run.resume(str(out), steps=4)               # what --resume does before training
+    assert run.total_steps == 4 and not (out / "summary.json").exists()
+    assert json.loads((out / "config.json").read_text())["steps"] == 4
+    assert Run.resume(str(out)).total_steps == 4       # a later --resume without --steps
+    r = invoke("-q", "train", "--resume", str(out))
+    assert r.exit_code == 0 and "4 steps" in r.output
+
+
+def test_default_run_folders_are_claimed_one_per_run(tmp_path):
+    """Without --out the folder was named to the second: two runs started together wrote
+    into one folder, and a second run in the same second was refused."""
+    from hfmeta.train import Run, RunConfig
+    cfg = RunConfig(model="mlp", model_options={"hidden": [16]}, optimizer="sgd", steps=1)
+    base = str(tmp_path / "runs" / "same-second")
+    first, second = Run.create(cfg, base, unique=True), Run.create(cfg, base, unique=True)
+    assert (first.dir, second.dir) == (base, base + "-2")
+    assert all(os.path.isfile(os.path.join(d, "config.json")) for d in (first.dir, second.dir))
+
+
+@pytest.mark.parametrize("contents", [{"config.json": "{}"}, {"notes.txt": "mine"}])
+def test_out_refuses_a_folder_with_files(tmp_path, contents):
+    """--out into a folder without a checkpoint overwrote its config.json (a run killed
+    before its first checkpoint, or the user's own files)."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    for name, text in contents.items():
+        (out / name).write_text(text)
+    one_line_error(invoke("-q", "train", *TINY, "--steps", "1", "--out", str(out)), 1,
+                   "already holds a run" if "config.json" in contents else "is not empty")
+    assert {p.name: p.read_text() for p in out.iterdir()} == contents
+
+
+def test_ctrl_c_while_setting_up_is_one_line(tmp_path, monkeypatch):
+    """Ctrl-C outside the training loop (building the model, gradcheck, bench) printed
+    Click's 'Aborted!' with exit 1."""
+    from hfmeta import train
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.Run, "create", interrupt)
+    one_line_error(invoke("-q", "train", *TINY, "--steps", "1", "--out", str(tmp_path / "r")),
+                   130, "interrupted")
+
+
+def test_a_non_finite_test_loss_stops_the_run(tmp_path):
+    """Finite weights whose logits overflow: the run reported 'test loss nan' with exit 0
+    and wrote NaN into summary.json."""
+    out = tmp_path / "run"
+    one_line_error(invoke("-q", "train", *TINY, "-o", "sgd", "--hp", "lr=1e12", "--steps", "2",
+                          "--out", str(out)), 3, "non-finite test loss at step 2")
+    assert not (out / "summary.json").exists()
+
+
+def test_epochs_beyond_counting_is_one_line(tmp_path):
+    one_line_error(invoke("-q", "train", *TINY, "--epochs", "1e308", "--out", str(tmp_path / "r")),
+                   1, "--epochs 1e+308 is more steps than can be counted")
