@@ -1,10 +1,20 @@
 """``hfmeta bench``: time the building blocks and the optimizers on one net."""
 from __future__ import annotations
 
+import math
+
 import click
 
 from .params import InShape, in_existing_folder
 from .train import parse_options
+
+
+def finite(ctx, param, value):
+    """Callback of a float option: NaN is refused (a FloatRange lets it through, as
+    every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"give a finite number, got {value}")
+    return value
 
 
 @click.command("bench")
@@ -29,8 +39,9 @@ from .train import parse_options
               help="wall: elapsed time; cpu: this process's CPU time (robust to other "
                    "processes on a shared machine; use with one BLAS thread, CPU only).")
 @click.option("--warm-up", "warm_seconds", type=click.FloatRange(min=0, max=600), default=None,
-              metavar="SECONDS", help="Untimed round-robin work before timing, so that a GPU's "
-              "clock has ramped up  [default: 3 on the GPU, 0 on the CPU].")
+              callback=finite, metavar="SECONDS",
+              help="Untimed round-robin work before timing, so that a GPU's clock has "
+                   "ramped up  [default: 3 on the GPU, 0 on the CPU].")
 @click.option("--json", "json_out", default=None, callback=in_existing_folder,
               help="Also write the results to this file.")
 @click.pass_context

@@ -42,11 +42,15 @@ def file_name(ctx, param, value):
 
 
 def in_existing_folder(ctx, param, value):
-    """Callback of an output-file option: a :func:`file_name` in a folder that exists,
-    checked before any work, so a long run does not fail at its first write."""
+    """Callback of an output-file option: a :func:`file_name` in a folder that exists
+    and may be written, checked before any work, so a long run does not fail at its
+    first write."""
     value = file_name(ctx, param, value)
     if value is not None:
         folder = os.path.dirname(os.path.abspath(value))
         if not os.path.isdir(folder):
             raise click.BadParameter(f"folder {os.path.dirname(value)!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"cannot write {value!r}: folder "
+                                     f"{os.path.dirname(value) or '.'!r} is not writable")
     return value

@@ -16,7 +16,8 @@ sgd, adam, …   one step of each hand-crafted optimizer (default settings; the
                20 steps; HF's cost follows its CG iterations)
 mlhf, l2l,     one step of each learned optimizer
 slstm
-mlhf-q         one MLHF step with a quarter-size curvature batch
+mlhf-q         one MLHF step with a quarter-size curvature batch (at least
+               1 example)
 unroll         one MLHF meta-training unroll (T = 10, its own batch size): one
                call, after an untimed one (see :func:`time_unroll`)
 =============  ===============================================================
@@ -122,12 +123,15 @@ def _stepper(problem, opt, w, batch):
 
 
 def _make_optimizer(name, model, batch_size):
+    """Optimizer ``name`` with default settings (learned ones untrained); ``mlhf-q`` is
+    MLHF with a curvature batch of a quarter of ``batch_size``, at least 1 example."""
     from .optim import OPTIMIZERS, get_optimizer
     if name in OPTIMIZERS:
         return get_optimizer(name)
     from .meta.registry import get_learned
     if name == "mlhf-q":
-        return get_learned("mlhf", model=model, untrained=True, curvature_batch=batch_size // 4)
+        return get_learned("mlhf", model=model, untrained=True,
+                           curvature_batch=max(1, batch_size // 4))
     return get_learned(name, model=model, untrained=True)
 
 

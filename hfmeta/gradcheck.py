@@ -214,18 +214,18 @@ def assert_all_ok(results):
 
 
 def check_backward_rop(name, layer, in_shape, batch=2, train=True, seed=0, h=1e-5,
-                       n_directions=2, tol=TOL):
+                       n_directions=2, tol=TOL, xp=np):
     """Check ``layer.backward_rop`` (the R-operator of the backward pass).
 
     The backward pass is a map ``(x, p, dy) -> (x̄, p̄)``.  Its directional
     derivative along ``(dx, dp, ddy)`` is what the exact Hessian-vector product
     needs; it is compared with the central difference of ``backward`` itself
-    (forward re-run at every shifted point).  Returns one :class:`CheckResult`.
+    (forward re-run at every shifted point), in float64 on ``xp``'s device.
+    Returns one :class:`CheckResult`.
     """
     rng = np.random.default_rng(seed + 7)
-    _, _, _, theta0 = layer_map(layer, in_shape, batch, train, seed)
-    state = random_point(layer, in_shape, batch, seed)[2]
-    xp = backend.get_array_module(theta0)
+    _, _, _, theta0 = layer_map(layer, in_shape, batch, train, seed, xp)
+    state = random_point(layer, in_shape, batch, seed, xp)[2]
     specs = layer.param_specs()
     n_in = batch * int(np.prod(in_shape))
     out_shape = (batch,) + tuple(layer.out_shape)

@@ -4,6 +4,7 @@ Every layer (with stride/padding variants, batch norm in train and eval mode)
 and every zoo model (small inputs, float64) gets the rop, backward and adjoint
 checks of :mod:`hfmeta.gradcheck`; layers also get the check of their
 ``backward_rop`` (second-order terms for exact Hessian-vector products).
+Every check runs on the device it is given (``"cpu"`` or ``"gpu"``).
 The test suite runs the same catalogue, so the table a student prints is the
 one CI keeps green.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gradcheck
+from . import backend, gradcheck
 from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d,
                      PreActBlock, ReLU, Sequential)
 
@@ -67,16 +68,18 @@ MODEL_CASES = [
 ]
 
 
-def check_layer_case(name, factory, in_shape, train, batch=3):
-    """rop, backward, adjoint and backward_rop checks of one layer case."""
-    label = f"{name}"
-    results = gradcheck.check_map(label, *gradcheck.layer_map(factory(), in_shape, batch, train))
-    results.append(gradcheck.check_backward_rop(label, factory(), in_shape, batch, train))
+def check_layer_case(name, factory, in_shape, train, batch=3, device="cpu"):
+    """rop, backward, adjoint and backward_rop checks of one layer case on ``device``."""
+    xp = backend.xp_for(device)
+    results = gradcheck.check_map(name, *gradcheck.layer_map(factory(), in_shape, batch, train,
+                                                             xp=xp))
+    results.append(gradcheck.check_backward_rop(name, factory(), in_shape, batch, train, xp=xp))
     return results
 
 
-def check_model_case(name, in_shape, classes, options, train, batch=3, max_coords=40, h=1e-6):
-    """rop, backward and adjoint checks of a zoo model on the flat vector.
+def check_model_case(name, in_shape, classes, options, train, batch=3, max_coords=40, h=1e-6,
+                     device="cpu"):
+    """rop, backward and adjoint checks of a zoo model on the flat vector, on ``device``.
 
     The step is ``h = 1e-6`` (layers use 1e-5): a whole ReLU network has
     thousands of pre-activations, and with steps of 2e-5 one of them now and
@@ -84,30 +87,33 @@ def check_model_case(name, in_shape, classes, options, train, batch=3, max_coord
     to 1e-10 as h shrinks -- a kink, not a wrong derivative).
     """
     from .models import build
-    model = build(name, in_shape, classes, dtype="float64", **options)
+    model = build(name, in_shape, classes, dtype="float64", device=device, **options)
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((batch,) + tuple(in_shape))
+    x = backend.to_device(rng.standard_normal((batch,) + tuple(in_shape)), device)
     state = None
-    if not train:
-        state = {k: v + (0.3 * rng.random(v.shape) if "var" in k else 0.1 * rng.standard_normal(v.shape))
-                 for k, v in model.init_state().items()}
+    if not train:             # perturbed on the host, then moved: the same numbers on any device
+        state = {}
+        for k, v in model.init_state().items():
+            v = backend.asnumpy(v)
+            noise = 0.3 * rng.random(v.shape) if "var" in k else 0.1 * rng.standard_normal(v.shape)
+            state[k] = backend.to_device(v + noise, device)
     mode = "train" if train else "eval"
     label = f"model {name} ({model.num_params} p, {mode})"
     return gradcheck.check_map(label, *gradcheck.model_map(model, x, train, state),
                                max_coords=max_coords, h=h)
 
 
-def run(layers=True, models=True, progress=None):
-    """All catalogue checks; ``progress(label)`` is called before each case."""
+def run(layers=True, models=True, progress=None, device="cpu"):
+    """All catalogue checks on ``device``; ``progress(label)`` is called before each case."""
     results = []
     if layers:
         for name, factory, in_shape, train in LAYER_CASES:
             if progress:
                 progress(name)
-            results += check_layer_case(name, factory, in_shape, train)
+            results += check_layer_case(name, factory, in_shape, train, device=device)
     if models:
         for case in MODEL_CASES:
             if progress:
                 progress(f"model {case[0]}")
-            results += check_model_case(*case)
+            results += check_model_case(*case, device=device)
     return results

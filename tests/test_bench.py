@@ -1,7 +1,14 @@
-"""hfmeta.bench.interleaved_medians: what it calls, and the warm-up before timing."""
+"""hfmeta.bench.interleaved_medians: what it calls, and the warm-up before timing;
+the ``hfmeta bench`` command's checks of its options."""
+import os
 import time
 
+import pytest
+from click.testing import CliRunner
+
+from hfmeta import bench
 from hfmeta.bench import interleaved_medians
+from hfmeta.cli import cli
 
 
 def counting(calls, name, seconds=0.0):
@@ -30,3 +37,49 @@ def test_warm_seconds_run_untimed_rounds_first():
     # whole rounds: both functions alike, at least one warm-up round beside the 3 timed ones
     assert calls["a"] == calls["b"] and calls["a"] >= 3 + 1
     assert all(0.01 <= m < 0.5 for m in medians.values())
+
+
+# ---------------------------------------------------------------------------------------
+# the ``hfmeta bench`` command
+# ---------------------------------------------------------------------------------------
+TINY = ["bench", "--model", "mlp", "--model-opt", "hidden=[8]", "--in-shape", "1,6,6",
+        "--repeats", "1"]
+
+
+def refuse_to_run(monkeypatch):
+    """A ``bench.run`` that records its calls instead of timing: checks come before any work."""
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda *a, **k: calls.append(a) or 1 / 0)
+    return calls
+
+
+def test_mlhf_q_on_a_batch_of_fewer_than_4_has_a_curvature_batch_of_1():
+    """A quarter of 3 examples is 0: the curvature batch is then 1 example, not an error."""
+    r = CliRunner().invoke(cli, ["-q", *TINY, "-b", "3", "--items", "mlhf,mlhf-q"])
+    assert r.exit_code == 0, r.output
+    assert "mlhf-q" in r.stdout
+
+
+def test_json_in_a_folder_that_cannot_be_written_is_refused_before_timing(tmp_path, monkeypatch):
+    calls = refuse_to_run(monkeypatch)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    access = os.access          # as root, os.access says yes to a mode-555 folder: say no to ro
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k:
+                        False if os.path.abspath(path) == str(ro) else access(path, mode, *a, **k))
+    r = CliRunner().invoke(cli, [*TINY, "--json", str(ro / "x.json")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("hfmeta: error: ") and str(ro / "x.json") in lines[0], lines[0]
+    assert "not writable" in lines[0] and not calls
+
+
+@pytest.mark.parametrize("seconds", ["nan", "NaN", "-nan"])
+def test_warm_up_must_be_a_finite_number(monkeypatch, seconds):
+    """Click's FloatRange lets NaN through (every comparison with it is false)."""
+    calls = refuse_to_run(monkeypatch)
+    r = CliRunner().invoke(cli, [*TINY, "--warm-up", seconds])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("hfmeta: error: ") and "--warm-up" in lines[0], lines[0]
+    assert not calls
