@@ -35,7 +35,7 @@ def check_before_training(optimizers, fixed, meta_files, model, model_opts, data
 @click.argument("optimizers", nargs=-1, required=True)
 @click.option("--model", default="cnn-small", show_default=True)
 @click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
-@click.option("--data", default="mnist5k", show_default=True)
+@click.option("--data", default="mnist5k", show_default=True, callback=not_empty)
 @click.option("--split", type=click.Choice(["train", "target", "meta"]), default="target",
               show_default=True, help="Training split (the MLHF paper trains on the last 2/5).")
 @click.option("--batch-size", "-b", default=128, show_default=True,

@@ -14,7 +14,7 @@ import numpy as np
 
 from hfmeta.errors import UserError
 
-from .params import in_existing_folder
+from .params import in_existing_folder, not_empty
 from .train import parse_hparams, parse_options
 
 
@@ -87,7 +87,7 @@ def _mean(history, key, part):
               show_default=True)
 @click.option("--model", default="cnn-small", show_default=True, help="Target net of meta-training.")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE")
-@click.option("--data", default="mnist5k", show_default=True)
+@click.option("--data", default="mnist5k", show_default=True, callback=not_empty)
 @click.option("--split", type=click.Choice(["meta", "train"]), default="meta", show_default=True,
               help="The paper meta-trains on the first 3/5 of the training set.")
 @click.option("--batch-size", "-b", default=64, show_default=True,

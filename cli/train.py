@@ -87,7 +87,7 @@ def format_summary(s):
 @click.option("--model", default=DEFAULTS["model"], show_default=True, help="Zoo model name.")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="NAME=VALUE",
               help="Model option, e.g. width=0.25 (repeatable).")
-@click.option("--data", default=DEFAULTS["data"], show_default=True,
+@click.option("--data", default=DEFAULTS["data"], show_default=True, callback=not_empty,
               help="Dataset name (see `hfmeta data list`) or path to an .h5 file.")
 @click.option("--split", type=click.Choice(["train", "target", "meta"]), default="train",
               show_default=True, help="Training split: all, the paper's last 2/5, or first 3/5.")

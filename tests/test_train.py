@@ -633,3 +633,23 @@ def test_a_non_finite_test_loss_stops_the_run(tmp_path):
 def test_epochs_beyond_counting_is_one_line(tmp_path):
     one_line_error(invoke("-q", "train", *TINY, "--epochs", "1e308", "--out", str(tmp_path / "r")),
                    1, "--epochs 1e+308 is more steps than can be counted")
+
+
+@pytest.mark.parametrize("command", [["train"], ["compare", "sgd"], ["meta-train"]])
+def test_an_empty_data_name_is_refused(command):
+    """--data '' said ' is a folder, not a dataset file' (a blank name, the wrong reason)."""
+    one_line_error(invoke(*command, "--data", ""), 2, "--data", "not an empty string")
+
+
+def test_learned_optimizers_name_every_option_they_take(tmp_path):
+    """The unknown-option error listed only the constructor's options, not those the
+    meta-parameter loading takes (untrained, seed, inputs); seed without untrained=true
+    was silently ignored."""
+    out = str(tmp_path / "r")
+    one_line_error(invoke("-q", "train", *TINY[:4], "-o", "mlhf", "--hp", "nope=1",
+                          "--steps", "1", "--out", out), 1,
+                   "known: lr, n, curvature_batch, clip, restart, untrained, seed, inputs")
+    one_line_error(invoke("-q", "train", *TINY[:4], "-o", "l2l", "--hp", "nope=1",
+                          "--steps", "1", "--out", out), 1, "known: p, scale, hidden, seed, untrained")
+    one_line_error(invoke("-q", "train", *TINY[:4], "-o", "mlhf", "--hp", "seed=2",
+                          "--steps", "1", "--out", out), 1, "give it with untrained=true")

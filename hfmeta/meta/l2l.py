@@ -56,6 +56,7 @@ class L2L(Optimizer):
     name = "l2l"
     defaults = {"p": 10.0, "scale": 0.1, "hidden": (20, 20), "seed": 0}
     ranges = {"p": POSITIVE, "scale": POSITIVE, "hidden": SIZES, "seed": NATURAL}
+    load_options = ("untrained",)                        # taken by from_meta
     per_layer = False
     #: hyper-parameters taken from the meta-parameter file (the LSTMs were trained with them)
     meta_keys = ("p", "scale", "hidden")

@@ -327,6 +327,7 @@ class MLHF(Optimizer):
     name = "mlhf"
     defaults = {"lr": "auto", "n": None, "curvature_batch": None, "clip": None,
                 "restart": None}
+    load_options = ("untrained", "seed", "inputs")      # taken by from_meta
     ranges = {"lr": Range(0, low_open=True, also=("auto",)), "n": optional(COUNT),
               "curvature_batch": optional(COUNT), "clip": optional(POSITIVE)}
 
@@ -351,6 +352,9 @@ class MLHF(Optimizer):
         check_options("mlhf", {"untrained": untrained, "seed": seed, "inputs": inputs},
                       {"untrained": FLAG, "seed": NATURAL,
                        "inputs": Choice((None,) + tuple(INPUTS))})
+        if seed and not untrained:
+            raise UserError("mlhf: seed picks the initialisation of untrained meta-nets; "
+                            "give it with untrained=true")
         xp = model.xp if model is not None else np
         dtype = model.dtype if model is not None else np.float64
         if untrained and path is not None:

@@ -44,17 +44,22 @@ class Optimizer:
     Subclasses set ``name``, ``defaults`` (every hyper-parameter with its
     default value) and ``ranges`` (the allowed values of the numeric ones, as
     :class:`hfmeta.checks.Range`), and implement :meth:`init` and :meth:`step`.
+    A learned optimizer's ``load_options`` name the hyper-parameters its
+    ``from_meta`` takes before constructing it (``untrained``, …), so that an
+    unknown name's error lists them too.
     """
 
     name: str = "optimizer"
     defaults: dict = {}
     ranges: dict = {}
+    load_options: tuple = ()
 
     def __init__(self, **hparams):
         unknown = sorted(set(hparams) - set(self.defaults))
         if unknown:
+            known = list(self.defaults) + list(self.load_options)
             raise UserError(f"{self.name}: unknown hyper-parameter(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(self.defaults) or 'none'}")
+                             f"known: {', '.join(known) or 'none'}")
         check_options(self.name, hparams, self.ranges)
         self.hparams = {**self.defaults, **hparams}
 
