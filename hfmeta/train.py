@@ -29,8 +29,8 @@ run ends with the same weights, and logs the same evaluations, as an
 uninterrupted one (a run killed after its last checkpoint but before its
 summary resumes to write the summary).  Ctrl-C (SIGINT) finishes the current
 step, saves, and exits (on the last step it finishes the run); a non-finite
-loss (or non-finite weights after a step) stops the run and keeps the last good
-checkpoint.
+loss (or non-finite weights after a step, or a non-finite test loss) stops the
+run and keeps the last good checkpoint.
 """
 from __future__ import annotations
 
