@@ -304,7 +304,8 @@ class MLHF(Optimizer):
     Hyper-parameters: ``lr`` ("auto" = b_tr / b_mt, the paper's rule), ``n``
     (PCG iterations; default: the meta-trained value), ``curvature_batch``
     (the Gauss-Newton products use only the first that many examples of the
-    batch, Martens' practice; None = the whole batch).  State: the LSTM states
+    batch, Martens' practice; None, or a size not below the batch's, = the
+    whole batch).  State: the LSTM states
     of both RNNs per kind and the previous PCG solution ``d_prev`` and residual
     ``r_prev`` -- all checkpointable.
 

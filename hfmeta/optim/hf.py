@@ -41,8 +41,8 @@ def levenberg_marquardt(damping, rho, decay, low=0.0, high=float("inf")):
 
 
 def curvature_linearization(problem, w, batch, lin, size):
-    """The linearization for Gauss-Newton products: ``lin`` itself, or one of
-    the first ``size`` examples of the batch (a smaller curvature mini-batch,
+    """The linearization for Gauss-Newton products: ``lin`` itself (``size`` None
+    or at least the batch size), or one of the first ``size`` examples of the batch (a smaller curvature mini-batch,
     Martens 2010 section 4.3).  The sub-batch's is sliced from ``lin``'s caches
     (:meth:`hfmeta.model.Linearization.first`, no second forward pass) unless a
     layer couples the examples (batch norm in train mode): then a forward runs
@@ -60,7 +60,8 @@ class HF(Optimizer):
     """HF(Fixed): ``d = PCG(G + λI, g, momentum·d_prev, I, n, ε);  w ← w − lr·d``.
 
     ``curvature_batch`` (int or None): the GGN uses the first that many
-    examples of the batch; None uses the whole batch.
+    examples of the batch; None, or a size not below the batch's, uses the
+    whole batch (:func:`curvature_linearization`).
     """
 
     name = "hf-fixed"

@@ -106,7 +106,8 @@ def backtrack(saved, loss_at):
 
 class MartensHF(Optimizer):
     """Martens (2010) HF: warm-started CG with relative-progress stop,
-    CG-backtracking, LM damping (×3/2, ×2/3) and an Armijo line search."""
+    CG-backtracking, LM damping (×3/2, ×2/3) and an Armijo line search.
+    ``curvature_batch``: as :class:`hfmeta.optim.hf.HF`'s (Martens' own practice)."""
 
     name = "martens-hf"
     defaults = {"damping": 1.0, "warm_start": 0.95, "cg_max_iters": 250, "cg_eps": 5e-4,
