@@ -12,8 +12,9 @@ from .params import InShape, not_empty
 @click.option("--model", "model_name", default=None, callback=not_empty,
               help="Also print this zoo model's parameter layout.")
 @click.option("--in-shape", "shape", type=InShape(), default="3,32,32", show_default=True,
-              help="Input shape c,h,w for --model.")
-@click.option("--classes", default=10, show_default=True, metavar="N", type=click.IntRange(min=2))
+              help="Input shape c,h,w of the zoo's parameter counts (or of --model).")
+@click.option("--classes", default=10, show_default=True, metavar="N", type=click.IntRange(min=2),
+              help="Number of classes, likewise.")
 @click.pass_context
 def command(ctx, model_name, shape, classes):
     """Print versions, the array backend and device, and the zoo's parameter counts."""
