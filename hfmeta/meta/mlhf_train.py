@@ -20,9 +20,9 @@ Two choices the paper leaves open, each an option of :class:`MetaTrainer`:
   equation (5); ``"half"`` takes half of it, as the released code does
   (``(l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}))/2 − l(x^t, w^t)``).  Half l_s^t
   halves RNN_s's gradient and makes its weights softmax(l_s/2), flatter:
-  the unroll's worst steps weigh less.  The paper's form is the default because the paper is the
-  reference this project implements; the factor is one constant, so the
-  meta-gradient needs nothing else.
+  the unroll's worst steps weigh less.  The paper's form is the default
+  because the paper is the reference this project implements; the factor is
+  one constant, so the meta-gradient needs nothing else.
 
 Stop-gradients (paper section 3.1): nothing flows through w^t, g^t, d_0^t,
 r_0^t (so the RNN inputs are constants), through l(x^t, w^t) or through the
@@ -520,7 +520,8 @@ class MetaTrainer:
         (no update), on the windows of :meth:`held_out`.
 
         * ``l_p``, ``l_s``, ``residual``: the meta-losses (and mean ‖r_n‖) as the
-          meta-gradient defines them (l_s in this trainer's ``ls_form``) -- with the paper's stop-gradients, at the
+          meta-gradient defines them (l_s in this trainer's ``ls_form``) -- with
+          the paper's stop-gradients, at the
           windows' recorded w^t, g^t, d_0^t, r_0^t and RNN inputs (the
           :class:`Frozen` replay; the LSTM states run with ``theta``).  The
           same states for every ``theta``, so a change is the meta-nets' doing.

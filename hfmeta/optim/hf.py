@@ -42,8 +42,9 @@ def levenberg_marquardt(damping, rho, decay, low=0.0, high=float("inf")):
 
 def curvature_linearization(problem, w, batch, lin, size):
     """The linearization for Gauss-Newton products: ``lin`` itself (``size`` None
-    or at least the batch size), or one of the first ``size`` examples of the batch (a smaller curvature mini-batch,
-    Martens 2010 section 4.3).  The sub-batch's is sliced from ``lin``'s caches
+    or at least the batch size), or one of the first ``size`` examples of the
+    batch (a smaller curvature mini-batch, Martens 2010 section 4.3).  The
+    sub-batch's is sliced from ``lin``'s caches
     (:meth:`hfmeta.model.Linearization.first`, no second forward pass) unless a
     layer couples the examples (batch norm in train mode): then a forward runs
     on the sub-batch."""
