@@ -131,3 +131,43 @@ def test_cupy_matches_numpy(gpu, train):
     cpu, gpu = run(np), run(xp)
     for k in cpu:
         np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def _bn_problem():
+    """A Problem whose first layer is batch norm (its input: the images themselves)."""
+    from hfmeta.layers import Flatten, Linear, Sequential
+    from hfmeta.model import Model
+    from hfmeta.problem import Problem
+    model = Model(Sequential([("bn", BatchNorm()), ("flatten", Flatten()), ("fc", Linear(3))]),
+                  (2, 3, 3), 3, dtype="float64")
+    return model, Problem(model)
+
+
+def test_commit_state_is_pytorch_momentum_0_1():
+    """Problem's default bn_momentum 0.1 in the PyTorch convention: one commit moves the
+    running statistics 10% of the way to the batch's, r ← 0.9 r + 0.1 batch."""
+    model, problem = _bn_problem()
+    problem.state = {"bn.running_mean": np.array([2.0, -1.0]), "bn.running_var": np.array([3.0, 0.5])}
+    x = np.random.default_rng(0).normal(5.0, 2.0, (6, 2, 3, 3))
+    problem.commit_state(problem.linearize(model.init(0), (x, np.zeros(6, int)), True))
+    xc = x.transpose(1, 0, 2, 3).reshape(2, -1)
+    np.testing.assert_allclose(problem.state["bn.running_mean"],
+                               0.9 * np.array([2.0, -1.0]) + 0.1 * xc.mean(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(problem.state["bn.running_var"],
+                               0.9 * np.array([3.0, 0.5]) + 0.1 * xc.var(axis=1, ddof=1),
+                               rtol=1e-13)
+
+
+def test_evaluate_in_chunks_weights_each_example_once():
+    """Problem.evaluate over 11 examples in chunks of 4 (the last one of 3) must give the
+    mean loss and accuracy over all 11, as one pass in eval mode would."""
+    model, problem = _bn_problem()
+    problem.state = {"bn.running_mean": np.array([0.5, -0.2]), "bn.running_var": np.array([2.0, 0.7])}
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((11, 2, 3, 3)), rng.integers(0, 3, 11)
+    w = model.init(1)
+    z = model.forward(w, x, False, problem.state)
+    nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(11), y]
+    loss, acc = problem.evaluate(w, x, y, batch_size=4)
+    np.testing.assert_allclose(loss, nll.mean(), rtol=1e-12)
+    assert acc == (z.argmax(axis=1) == y).mean()

@@ -158,3 +158,29 @@ def test_gpu_batches_equal_cpu_batches(gpu, small):
             assert backend.device_of(x) == "gpu"
             np.testing.assert_allclose(backend.asnumpy(x), x_cpu, rtol=1e-6)
             np.testing.assert_array_equal(backend.asnumpy(y), y_cpu)
+
+
+def test_augmentation_differs_between_epochs(small):
+    """Step k of epoch 1 must get fresh crops/flips, not epoch 0's again (the augmentation
+    draws from default_rng([seed, epoch, k, 1])); without shuffling only it differs."""
+    path, _, _ = small
+    with open_dataset(path) as ds:
+        it = ds.batches("train", 8, seed=2, shuffle=False, augment=True, dtype="float64")
+        raw, _ = ds.split("train").read(np.arange(8, 16))          # step k=1's rows
+        for epoch in (0, 1):
+            x, _ = it.batch_at(epoch * it.steps_per_epoch + 1)
+            want = random_crop_flip(raw, np.random.default_rng([2, epoch, 1, 1]))
+            np.testing.assert_allclose(x, ds.normalise(want, "float64"), rtol=1e-12)
+        assert not np.array_equal(it.batch_at(1)[0], it.batch_at(it.steps_per_epoch + 1)[0])
+
+
+@pytest.mark.parametrize("key, value", [("shuffle", False), ("augment", True),
+                                        ("split", "meta"), ("split_size", 52)])
+def test_resume_refuses_a_stream_with_other_settings(small, key, value):
+    """A saved position belongs to its stream: a different shuffle, augmentation, split or
+    split size (a changed dataset file) would silently resume other batches."""
+    with open_dataset(small[0]) as ds:
+        state = ds.batches("train", 7, seed=3).state_dict()
+        assert state[key] != value
+        with pytest.raises(UserError, match=key):
+            ds.batches("train", 7, seed=3).load_state_dict({**state, key: value})

@@ -168,3 +168,33 @@ def test_write_json_is_strict_json(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "acc": None, "ok": 0.5, "curve": [1.0, None],
                                 "nested": {"x": None}}
+
+
+def test_bools_load_as_python_bools(tmp_path):
+    """h5py gives back numpy.bool_; a checkpoint must give plain bool (json.dumps of
+    numpy.bool_ fails, and `is True` checks would break), at any depth."""
+    storage.save_checkpoint(tmp_path / "c.h5", flag=True, nested={"off": False, "deep": {"on": True}})
+    ck = storage.load_checkpoint(tmp_path / "c.h5")
+    for value, want in ((ck["flag"], True), (ck["nested"]["off"], False),
+                        (ck["nested"]["deep"]["on"], True)):
+        assert type(value) is bool and value is want
+
+
+def test_none_round_trips_as_none(tmp_path):
+    """None is stored as JSON null and loaded as None, not as the string 'None'."""
+    storage.save_checkpoint(tmp_path / "c.h5", note=None, nested={"f_prev": None, "t": 1})
+    ck = storage.load_checkpoint(tmp_path / "c.h5")
+    assert ck["note"] is None and ck["nested"]["f_prev"] is None and ck["nested"]["t"] == 1
+
+
+def test_written_files_get_the_umask_mode_not_mkstemp_s_0600(tmp_path):
+    """The temporary file of an atomic write is private (0600); the finished checkpoint
+    or JSON file must have the mode a plain open() would give, 0o666 & ~umask."""
+    old = os.umask(0o022)
+    try:
+        storage.save_checkpoint(tmp_path / "c.h5", step=1)
+        storage.write_json(tmp_path / "s.json", {"step": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.h5").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644

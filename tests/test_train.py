@@ -653,3 +653,41 @@ def test_learned_optimizers_name_every_option_they_take(tmp_path):
                           "--steps", "1", "--out", out), 1, "known: p, scale, hidden, seed, untrained")
     one_line_error(invoke("-q", "train", *TINY[:4], "-o", "mlhf", "--hp", "seed=2",
                           "--steps", "1", "--out", out), 1, "give it with untrained=true")
+
+
+def _tiny_data(tmp_path):
+    """28 training images of 1×3×3: 7 steps per epoch at batch size 4 (an odd count)."""
+    path = tmp_path / "tiny.h5"
+    rng = np.random.default_rng(0)
+    with DatasetWriter(str(path), "tiny", ["0", "1", "2"], (1, 3, 3), {"source": "test"}) as w:
+        w.append("train", rng.integers(0, 255, (28, 1, 3, 3), dtype=np.uint8), rng.integers(0, 3, 28))
+        w.append("test", rng.integers(0, 255, (6, 1, 3, 3), dtype=np.uint8), rng.integers(0, 3, 6))
+    return str(path)
+
+
+def _tiny_run(tmp_path, **options):
+    from hfmeta.train import Run, RunConfig
+    cfg = RunConfig(model="mlp", model_options={"hidden": [4]}, data=_tiny_data(tmp_path),
+                    optimizer="sgd", batch_size=4, **options)
+    run = Run.create(cfg, str(tmp_path / "r"))
+    assert run.batches.steps_per_epoch == 7
+    run.train()
+    return [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
+
+
+def test_fractional_epochs_round_the_step_count(tmp_path):
+    """--epochs 2.5 at 7 steps per epoch is 17.5 steps: rounded to 18, not cut to 17."""
+    records = _tiny_run(tmp_path, epochs=2.5)
+    assert [x["step"] for x in records if x["kind"] == "step"] == list(range(1, 19))
+
+
+def test_default_evaluation_is_once_per_epoch(tmp_path):
+    """Without --eval-every a run evaluates at the end of every epoch, not only at its end."""
+    records = _tiny_run(tmp_path, epochs=3)
+    assert [x["step"] for x in records if x["kind"] == "eval"] == [7, 14, 21]
+
+
+def test_log_every_logs_every_n_th_step(tmp_path):
+    """log_every=3: step records at steps 3, 6, 9, … (the n-th, 2n-th, … step)."""
+    records = _tiny_run(tmp_path, steps=10, log_every=3)
+    assert [x["step"] for x in records if x["kind"] == "step"] == [3, 6, 9]
