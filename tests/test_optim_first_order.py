@@ -136,3 +136,97 @@ def test_table1_grids():
     for name, points in GRIDS.items():        # every grid point builds its optimizer
         for hp in points:
             get_optimizer(name, **hp)
+
+
+def least_squares(n=20, i=3, o=2, seed=0):
+    """A Linear(3 → 2) model with MSE loss (8 parameters): a quadratic loss whose
+    inputs have mean 1, so the Hessian has large off-diagonal entries."""
+    from hfmeta.layers import Linear, Sequential
+    from hfmeta.losses import MeanSquaredError
+    from hfmeta.model import Model
+    from hfmeta.problem import Problem
+    rng = np.random.default_rng(seed)
+    model = Model(Sequential([("fc", Linear(o))]), (i,), o, dtype="float64")
+    x, y = 1 + rng.standard_normal((n, i)), rng.standard_normal((n, o))
+    return Problem(model, MeanSquaredError()), (x, y), model.init(seed)
+
+
+def hessian_by_differences(problem, w, batch):
+    """The Hessian of a quadratic loss from central differences of its gradient
+    (exact up to rounding: the gradient is affine), independent of the curvature code."""
+    g = lambda v: problem.loss_and_grad(v, batch)[1]      # noqa: E731
+    eye = np.eye(w.size)
+    return np.stack([(g(w + e) - g(w - e)) / 2 for e in eye], axis=1)
+
+
+def rademacher_diagonals(H):
+    """Every single-probe Hutchinson estimate v ⊙ Hv, v ∈ {±1}^n (v and −v give the same)."""
+    n = H.shape[0]
+    out = []
+    for bits in range(2 ** (n - 1)):
+        v = np.array([1.0] + [1.0 - 2.0 * ((bits >> k) & 1) for k in range(n - 1)])
+        out.append(v * (H @ v))
+    return np.array(out)
+
+
+def sou_probe(w, w1, g, lr, mu, H):
+    """The single-probe estimate h with w1 = w − lr g / (|h| + μ), or fail.  (The two
+    outputs' parameters do not interact, so several probes can give the same h.)"""
+    hs = rademacher_diagonals(H)
+    match = [h for h in hs if np.allclose(w - lr * g / (np.abs(h) + mu), w1, rtol=1e-10, atol=0)]
+    assert match, "no Rademacher probe reproduces the step"
+    for h in match[1:]:
+        np.testing.assert_allclose(h, match[0], rtol=1e-10)
+    return match[0]
+
+
+def test_sou_divides_by_the_absolute_diagonal():
+    """SOU's step is lr·g/(|h| + μ) (Becker & LeCun's absolute value): a negative
+    Hutchinson estimate (one probe: v ⊙ Hv has negative entries even for a PSD H)
+    must not flip or blow up the step.  h is recovered among all 2⁷ probes."""
+    problem, batch, w = least_squares()
+    lr, mu = 0.1, 1e-3
+    opt = get_optimizer("sou", lr=lr, mu=mu, diagonal="hutchinson-hessian", samples=1, seed=0)
+    w1, state, info = opt.step(problem, w, opt.init(w), batch)
+    g = problem.loss_and_grad(w, batch)[1]
+    H = hessian_by_differences(problem, w, batch)
+    h = sou_probe(w, w1, g, lr, mu, H)
+    assert (h < -mu).any()                          # the case the absolute value is for
+    assert np.all(np.sign(w - w1) == np.sign(g))    # never a step up the gradient
+    assert info["h_mean"] == pytest.approx(np.abs(h).mean(), rel=1e-10)
+    assert state["t"] == 1
+
+
+def test_sou_draws_a_new_probe_each_step():
+    """Random diagonals draw from default_rng([seed, t]): the same w and batch at
+    t = 0 and t = 1 get different probes (and the same t the same one)."""
+    problem, batch, w = least_squares()
+    lr, mu = 0.1, 1e-3
+    opt = get_optimizer("sou", lr=lr, mu=mu, diagonal="hutchinson", samples=1, seed=3)
+    g = problem.loss_and_grad(w, batch)[1]
+    H = hessian_by_differences(problem, w, batch)
+    steps = [opt.step(problem, w.copy(), {"t": t}, batch)[0] for t in (0, 1, 0)]
+    h0, h1 = (sou_probe(w, s, g, lr, mu, H) for s in steps[:2])
+    assert not np.allclose(np.abs(h0), np.abs(h1))
+    np.testing.assert_array_equal(steps[0], steps[2])
+
+
+def test_table1_second_order_grid_values():
+    """The second-order grids hold Table 1's values (MLHF supplement): lr and
+    (init) damping {1, 0.1, 0.01, 0.001}, LM decay {2/3, 0.9, 0.99, 0.999}, PCG
+    n = 20, ε = 1e-5, momentum 0 at every HF point; K-FAC's cov_ema_decay
+    {0.9, 0.99, 0.999}; none of them scales with the batch size."""
+    decades = [0.001, 0.01, 0.1, 1.0]
+    for name in ("hf-fixed", "hf-lm", "kfac"):
+        points = GRIDS[name]
+        assert sorted({p["lr"] for p in points}) == decades
+        assert sorted({p["damping"] for p in points}) == decades
+        assert grid(name, 512) == points and grid(name, 512, baseline_batch=256) == points
+    decays = sorted({p["decay"] for p in GRIDS["hf-lm"]})
+    assert decays == pytest.approx([2 / 3, 0.9, 0.99, 0.999], rel=1e-15)
+    assert sorted({p["cov_ema_decay"] for p in GRIDS["kfac"]}) == [0.9, 0.99, 0.999]
+    for p in GRIDS["hf-fixed"] + GRIDS["hf-lm"]:
+        assert (p["cg_iters"], p["cg_eps"], p["momentum"]) == (20, 1e-5, 0.0)
+    # every (lr, damping[, decay]) combination once
+    assert len({(p["lr"], p["damping"], p["decay"]) for p in GRIDS["hf-lm"]}) == 64
+    assert len({(p["lr"], p["damping"], p["cov_ema_decay"]) for p in GRIDS["kfac"]}) == 48

@@ -186,7 +186,8 @@ def test_martens_armijo_line_search_and_lm():
     x = 100 * np.linalg.solve(H, H @ w - prob.b)
     np.testing.assert_allclose(w1, w - 0.8 ** 18 * x, rtol=1e-6)
     assert prob.commits == 1
-    # the warm start of the next step is 0.95 × the last CG iterate
+    # the state keeps the last CG iterate (the next step starts CG at 0.95 × it:
+    # test_martens_warm_start_is_095_of_the_last_iterate)
     np.testing.assert_allclose(state["x"], x, rtol=1e-6)
 
 
@@ -214,3 +215,175 @@ def test_hf_state_round_trip():
         b, _, _ = opt.step(problem, w1, restored, batch)
         np.testing.assert_array_equal(a, b)
         assert math.isfinite(float(problem.loss(a, batch)))
+
+
+def hf_lm_rho_by_hand(prob, w, lam, lr):
+    """ρ of an exact HF(LM) step on an UnderestimatedQuadratic: d = (sH + λI)⁻¹g,
+    ρ = (f(w − lr d) − f(w)) / (−lr gᵀd + lr²/2 dᵀ(sH + λI)d)."""
+    A = prob.s * prob.H + lam * np.eye(w.size)
+    g = prob.H @ w - prob.b
+    d = np.linalg.solve(A, g)
+    actual = prob.loss(w - lr * d, None) - prob.loss(w, None)
+    return actual / (-lr * g @ d + 0.5 * lr ** 2 * d @ A @ d)
+
+
+def test_hf_lm_default_damping_range_is_table1():
+    """HF(LM)'s default clip range is METHODS' [1e-3, 1]: at λ = 1 a step with
+    ρ < 1/4 (curvature 100× underestimated) keeps λ = 1 (not 1/0.99); at
+    λ = 1e-3 a step with ρ > 3/4 (exact curvature) keeps λ = 1e-3 (not 0.99e-3)."""
+    H, b, w = np.diag([10.0, 20.0]), np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    opt = get_optimizer("hf-lm", lr=1.0)                   # damping 1, decay 0.99
+    assert opt.init(w)["damping"] == 1.0
+    prob = UnderestimatedQuadratic(H, b, s=0.01)
+    rho = hf_lm_rho_by_hand(prob, w, 1.0, 1.0)
+    assert rho < 0.25
+    _, state, info = opt.step(prob, w, opt.init(w), None)
+    assert info["rho"] == pytest.approx(rho, rel=1e-8)
+    assert state["damping"] == 1.0
+
+    opt = get_optimizer("hf-lm", lr=1.0, damping=1e-3)
+    prob = UnderestimatedQuadratic(H, b, s=1.0)
+    rho = hf_lm_rho_by_hand(prob, w, 1e-3, 1.0)
+    assert rho > 0.75
+    _, state, info = opt.step(prob, w, opt.init(w), None)
+    assert info["rho"] == pytest.approx(rho, rel=1e-8)
+    assert state["damping"] == 1e-3
+
+
+def test_hf_lm_damping_min_is_a_floor():
+    """A user damping_min is the lower clip of λ: ρ > 3/4 at λ = damping_min = 0.05
+    leaves λ = 0.05; above the floor (λ = 0.2) the step multiplies λ by decay."""
+    H, b, w = np.diag([10.0, 20.0]), np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    prob = UnderestimatedQuadratic(H, b, s=1.0)
+    for lam, expect in ((0.05, 0.05), (0.2, 0.1)):
+        assert hf_lm_rho_by_hand(prob, w, lam, 1.0) > 0.75
+        opt = get_optimizer("hf-lm", lr=1.0, damping=lam, decay=0.5, damping_min=0.05)
+        _, state, _ = opt.step(prob, w, opt.init(w), None)
+        assert state["damping"] == pytest.approx(expect, rel=1e-15)
+
+
+def test_hf_lm_zero_gradient_keeps_damping():
+    """At a stationary point g = 0, so d = 0 and q = 0: ρ is defined as 1/2 and
+    λ must not move (METHODS: "ρ = 0.5 if q = 0"); w stays put."""
+    H, b = np.diag([1.0, 2.0]), np.array([1.0, -2.0])
+    w = np.array([1.0, -1.0])                       # H w = b exactly
+    prob = UnderestimatedQuadratic(H, b, s=1.0)
+    opt = get_optimizer("hf-lm", lr=1.0, damping=0.1, decay=0.9)
+    w1, state, info = opt.step(prob, w, opt.init(w), None)
+    assert info["rho"] == 0.5 and state["damping"] == 0.1
+    np.testing.assert_array_equal(w1, w)
+
+
+def test_martens_armijo_condition_subtracts_the_decrease():
+    """Armijo accepts l(w − αx) ≤ l(w) − c α gᵀx.  With c = 1/2 on the problem of
+    test_martens_armijo_line_search_and_lm: q(−100α + 5000α²) ≤ −50 α q ⇔ α ≤ 0.01,
+    so α = 0.8²¹ = 0.00922 (0.8²⁰ = 0.01153 fails) after 22 evaluations;
+    '+ c α gᵀx' would accept 0.8¹⁶ = 0.0281."""
+    H = np.diag([1.0, 3.0])
+    prob = UnderestimatedQuadratic(H, np.array([1.0, -2.0]), s=0.01)
+    opt = get_optimizer("martens-hf", damping=1e-12, armijo_c=0.5)
+    w = np.array([0.5, 0.5])
+    w1, state, info = opt.step(prob, w, opt.init(w), None)
+    assert info["alpha"] == pytest.approx(0.8 ** 21, rel=1e-12)
+    assert info["line_search_tries"] == 22
+    x = 100 * np.linalg.solve(H, H @ w - prob.b)
+    np.testing.assert_allclose(w1, w - 0.8 ** 21 * x, rtol=1e-6)
+
+
+def test_martens_armijo_last_try_is_taken():
+    """armijo_tries counts loss evaluations, the last one included: the problem
+    above (c = 1e-2) accepts α = 0.8¹⁸ on evaluation 19, so 19 tries step and
+    18 tries give up (α = 0, w unchanged)."""
+    H = np.diag([1.0, 3.0])
+    w = np.array([0.5, 0.5])
+    x = 100 * np.linalg.solve(H, H @ w - np.array([1.0, -2.0]))
+    prob = UnderestimatedQuadratic(H, np.array([1.0, -2.0]), s=0.01)
+    opt = get_optimizer("martens-hf", damping=1e-12, armijo_tries=19)
+    w1, _, info = opt.step(prob, w, opt.init(w), None)
+    assert info["alpha"] == pytest.approx(0.8 ** 18, rel=1e-12)
+    assert info["line_search_tries"] == 19
+    np.testing.assert_allclose(w1, w - 0.8 ** 18 * x, rtol=1e-6)
+    opt = get_optimizer("martens-hf", damping=1e-12, armijo_tries=18)
+    w1, _, info = opt.step(prob, w, opt.init(w), None)
+    assert info["alpha"] == 0.0 and info["line_search_tries"] == 18
+    np.testing.assert_array_equal(w1, w)
+
+
+def test_martens_backtracking_walks_back_several_iterates():
+    """Backtracking keeps walking while the earlier iterate is better: losses
+    falling two saves back stop at the second (11 → 9 → 7), falling all the way
+    reach the first save."""
+    saved = [(5, np.array([5.0]), -1.0), (7, np.array([7.0]), -2.0),
+             (9, np.array([9.0]), -3.0), (11, np.array([11.0]), -4.0)]
+    losses = {5: 3.0, 7: 1.0, 9: 1.5, 11: 1.7}
+    i, x, phi, f = backtrack(saved, lambda x: losses[int(x[0])])
+    assert (i, x[0], phi, f) == (7, 7.0, -2.0, 1.0)
+    losses = {5: 0.5, 7: 1.0, 9: 1.5, 11: 1.7}
+    i, x, phi, f = backtrack(saved, lambda x: losses[int(x[0])])
+    assert (i, x[0], phi, f) == (5, 5.0, -1.0, 0.5)
+
+
+class RecordingQuadratic(UnderestimatedQuadratic):
+    """Also keeps a copy of every vector the curvature product is applied to."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.products = []
+
+    def gvp(self, lin, v, damping=None):
+        self.products.append(v.copy())
+        return super().gvp(lin, v, damping)
+
+
+def ill_conditioned_quadratic():
+    """f = ½ wᵀHw − bᵀw, H = diag(10^(3k/29)), k = 0..29, curvature underestimated
+    100×: Martens' stopping rule ends CG (at i = 24) well before it converges, and
+    every CG iterate is longer, so worse, than the one before."""
+    H = np.diag(np.logspace(0, 3, 30))
+    b = np.linspace(-1.0, 1.0, 30)
+    return RecordingQuadratic(H, b, 0.01), np.full(30, 0.3)
+
+
+def textbook_cg(A, b, iters):
+    """Plain CG from x = 0 (Hestenes & Stiefel), ``iters`` iterations."""
+    x, r = np.zeros_like(b), b.copy()
+    p = r.copy()
+    for _ in range(iters):
+        Ap = A @ p
+        alpha = (r @ r) / (p @ Ap)
+        x, r_new = x + alpha * p, r - alpha * Ap
+        p = r_new + (r_new @ r_new) / (r @ r) * p
+        r = r_new
+    return x
+
+
+def test_martens_state_keeps_the_last_cg_iterate():
+    """The warm-start state is the last CG iterate (section 4.5), not the one
+    backtracking chose: here backtracking picks an earlier save, while state x
+    is CG's final iterate on (sH + λI) x = g (checked against textbook CG)."""
+    prob, w = ill_conditioned_quadratic()
+    lam = 1e-3
+    opt = get_optimizer("martens-hf", damping=lam)
+    _, state, info = opt.step(prob, w, opt.init(w), None)
+    n = int(info["cg_iters"])
+    assert info["cg_chosen"] < n
+    x_last = textbook_cg(prob.s * prob.H + lam * np.eye(30), prob.H @ w - prob.b, n)
+    x_chosen = textbook_cg(prob.s * prob.H + lam * np.eye(30), prob.H @ w - prob.b,
+                           int(info["cg_chosen"]))
+    assert np.linalg.norm(x_last - x_chosen) > 0.1 * np.linalg.norm(x_last)
+    # (24 iterations at condition number 10³ lose orthogonality: rounding differs ~1e-4;
+    # the previous iterate, 23, is 1e-2 away)
+    assert np.linalg.norm(state["x"] - x_last) < 1e-3 * np.linalg.norm(x_last)
+
+
+def test_martens_warm_start_is_095_of_the_last_iterate():
+    """Martens' default warm start (2010, section 4.5; METHODS): the second step's CG
+    starts from 0.95 × the previous last iterate, so its first product is with it."""
+    prob, w = ill_conditioned_quadratic()
+    opt = get_optimizer("martens-hf", damping=1e-3)
+    w1, state, _ = opt.step(prob, w, opt.init(w), None)
+    x_prev = state["x"].copy()
+    assert np.abs(x_prev).max() > 0
+    prob.products.clear()
+    opt.step(prob, w1, state, None)
+    np.testing.assert_allclose(prob.products[0], 0.95 * x_prev, rtol=1e-15)
