@@ -1,5 +1,6 @@
 """Coordinate-wise LSTM: BPTT, preprocessing and the LSTM bank against finite differences (float64)."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -394,3 +395,14 @@ def test_step_without_cache_matches_cached_step(monkeypatch, chunk):
     _, _, bank_cache = bank.step(theta, {"a": lstm.zero_state(n)}, x, {"a": slice(0, n)},
                                  keep_cache=False)
     assert bank_cache is None
+
+
+def test_logsign_default_is_l2l_p_10():
+    """LogSign() is L2L's preprocessing with p = 10 (Andrychowicz et al. 2016, appendix A):
+    (log|x|/10, sign x) for |x| ≥ e^−10, else (−1, e^10·x).  1e-3 and −6e-3 lie between
+    e^−10 and e^−5, so a default of p = 5 would put them on the other branch."""
+    x = np.array([np.e ** 3, -np.e ** -4, 1e-3, -6e-3, 2e-5, -1e-6])
+    expected = [[3 / 10, 1.0], [-4 / 10, -1.0],
+                [math.log(1e-3) / 10, 1.0], [math.log(6e-3) / 10, -1.0],
+                [-1.0, 2e-5 * math.exp(10)], [-1.0, -1e-6 * math.exp(10)]]
+    np.testing.assert_allclose(LogSign().forward(x, np.empty((6, 2))), expected, rtol=1e-12)

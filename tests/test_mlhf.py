@@ -1,5 +1,6 @@
 """MLHF: the meta-gradient of a short unroll against finite differences, inference, checkpoints."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from hfmeta.errors import UserError
 from hfmeta.gradcheck import central_difference, rel_error
 from hfmeta.layers import BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from hfmeta.meta.mlhf import MLHF, MLHFNets, mlhf_direction
+from hfmeta.meta.mlhf import (MLHF, MLHFNets, clip_step, log_loss_ratio, mlhf_direction,
+                              warm_start)
 from hfmeta.meta.mlhf_train import CURVATURE_TINY, MetaTrainer, held_out_start, l_p_term, unroll
 from hfmeta.model import Model
 from hfmeta.params import KINDS
@@ -580,3 +582,77 @@ def test_held_out_windows_start_from_the_same_nets_in_every_configuration():
                   record=False).w
     assert not np.allclose(warm, fresh)
     np.testing.assert_array_equal(a[0][0], warm)
+
+
+def test_clip_step_limits_the_length_of_lr_times_d_not_of_d():
+    """clip_step(d, w, lr, clip) is the scale of the step lr·d: with lr = 0.5 a long d is
+    shortened until ‖lr·scale·d‖ = clip·‖w‖; a d whose step lr·d is within the limit (though
+    d itself is not) keeps scale 1; clip None or 0 never clips."""
+    rng = np.random.default_rng(0)
+    w, d = rng.standard_normal(20), rng.standard_normal(20)
+    lr, clip = 0.5, 0.1
+    d_long = d * (4 * clip * np.linalg.norm(w) / (lr * np.linalg.norm(d)))  # step 4 × limit
+    scale = clip_step(d_long, w, lr, clip)
+    assert scale == pytest.approx(0.25, rel=1e-12)
+    assert np.linalg.norm(lr * scale * d_long) == pytest.approx(clip * np.linalg.norm(w),
+                                                                rel=1e-12)
+    d_mid = d * (1.5 * clip * np.linalg.norm(w) / np.linalg.norm(d))   # ‖lr·d‖ = 0.75 × limit
+    assert clip_step(d_mid, w, lr, clip) == 1.0
+    assert clip_step(d_long, w, lr, None) == 1.0 and clip_step(d_long, w, lr, 0) == 1.0
+
+
+def test_loss_ratio_is_log_of_this_loss_over_the_previous():
+    """RNN_s's loss input is log(f_t / f_{t−1}): log 3 after the loss tripled, −log 3 after
+    it fell to a third, 0 at the first step; warm_start passes it on with d_prev, r_prev."""
+    assert log_loss_ratio(3.0, 1.0) == pytest.approx(math.log(3.0), rel=1e-15)
+    assert log_loss_ratio(0.5, 1.5) == pytest.approx(-math.log(3.0), rel=1e-15)
+    assert log_loss_ratio(2.0, None) == 0.0
+    d, r = np.ones(3), np.zeros(3)
+    d_prev, r_prev, ratio = warm_start(6.0, 2.0, d, r, restart=None)
+    assert d_prev is d and r_prev is r and ratio == pytest.approx(math.log(3.0), rel=1e-15)
+    assert warm_start(6.0, 2.0, d, r, restart=2)[:2] == (None, None)     # 3 > 2: restart
+
+
+def test_step_warm_starts_pcg_at_d_prev():
+    """Algorithm 1 step 4: x0 = d_prev, r0 = g − A·d_prev with A v = G v + s ⊙ v.  From a
+    state holding d_prev, r_prev, the step (lr 0.5) is lr·d with d = four textbook PCG
+    iterations from x0 = d_prev with the step's s and P; RNN_p's third input is tanh(r0)."""
+    model = tiny_bn_convnet()
+    problem = Problem(model)
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4))
+    opt = MLHF.from_meta(None, model, untrained=True, lr=0.5)
+    w = model.init(0)
+    d_prev = 0.1 * rng.standard_normal(model.num_params)
+    r_prev = 0.01 * rng.standard_normal(model.num_params)
+    state = {**opt.init(w), "d_prev": d_prev.copy(), "r_prev": r_prev.copy()}
+    w_new, new_state, _ = opt.step(problem, w, state, batch)
+    # the step's damping s and preconditioner P (the RNNs start from zero states)
+    _, g, lin = problem.loss_and_grad(w, batch)
+    dirn = mlhf_direction(opt.nets, opt.theta, opt.nets.zero_states(opt.rows, np, np.float64),
+                          problem, lin, g, d_prev, r_prev, opt.rows)
+    s, P = dirn.s, dirn.P
+
+    def A(v):
+        return problem.gvp(lin, v) + s * v
+
+    def textbook_pcg(x):
+        r = g - A(x)
+        y = r / P
+        p, rho, r0 = y, r @ y, r
+        for _ in range(4):
+            Ap = A(p)
+            assert p @ Ap > 1e-6 and rho > 1e-6      # the PCG guards' floors stay idle
+            alpha = rho / (p @ Ap)
+            x, r = x + alpha * p, r - alpha * Ap
+            y = r / P
+            rho, rho_old = r @ y, rho
+            p = y + (rho / rho_old) * p
+        return x, r0
+
+    x, r0 = textbook_pcg(d_prev.copy())
+    np.testing.assert_allclose(dirn.inputs_p[:, 2], np.tanh(r0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(new_state["d_prev"], x, rtol=1e-9, atol=1e-12 * np.abs(x).max())
+    np.testing.assert_allclose(w_new, w - 0.5 * x, rtol=1e-9, atol=1e-12)
+    cold = textbook_pcg(np.zeros_like(g))[0]                 # the start matters here
+    assert np.linalg.norm(cold - x) > 1e-3 * np.linalg.norm(x)

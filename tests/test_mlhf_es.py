@@ -1,4 +1,5 @@
 """Evolution strategies on whole MLHF runs (ours): the fitness, the estimator, the plumbing."""
+import copy
 import math
 
 import numpy as np
@@ -191,3 +192,25 @@ def test_es_resumes_its_own_adam_moments_and_starts_fresh_ones_after_another_obj
     assert after_paper.adam.t == 0 and after_paper.adam.m.shape == (30,)
     np.testing.assert_array_equal(after_paper.theta, paper.theta)
     after_paper.run(1)
+
+
+def test_es_spread_is_the_mean_absolute_pair_difference(monkeypatch):
+    """stats["es_spread"] = mean over pairs of |F(θ + σε) − F(θ − σε)|, which for the linear
+    F(θ) = c·θ is mean |2σ c·ε_i| with the ε the trainer's generator draws; the pairs'
+    differences have both signs here, so a signed mean would differ.  es_fitness is the
+    mean of all 2·pairs fitnesses, c·θ for a linear F."""
+    c = np.linspace(-1.0, 2.0, 30)
+    trainer = MetaTrainer(_problem(), _Stream(), objective="es", train="s", es_pairs=6,
+                          es_steps=1, es_sigma=0.1, seed=0)
+
+    def linear(task):
+        return float(c @ task[0][trainer.trained]), 0.0, None
+
+    monkeypatch.setattr(mlhf_es, "_run_task", linear)
+    eps = copy.deepcopy(trainer.rng).standard_normal((6, 30))    # the draws gradient() makes
+    diff = 2 * 0.1 * (eps @ c)
+    assert (diff > 0).any() and (diff < 0).any()
+    _, stats = trainer.es.gradient(trainer.theta, trainer.trained)
+    assert stats["es_spread"] == pytest.approx(np.abs(diff).mean(), rel=1e-10)
+    assert stats["es_fitness"] == pytest.approx(float(c @ trainer.theta[trainer.trained]),
+                                                rel=1e-10, abs=1e-12)

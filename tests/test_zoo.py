@@ -78,3 +78,17 @@ def test_bad_model_options_are_user_errors():
         build("convnet", (3, 32, 32), 10, depth=3)
     with pytest.raises(UserError, match="does not fit"):
         build("cnn-big", (1, 3, 3), 10)
+
+
+def test_resnet18v2_imagenet_stem_is_7x7_stride_2_then_3x3_max_pool_stride_2_pad_1():
+    """He et al. 2016: 224 → conv 7×7/2 pad 3 → 112 → max-pool 3×3/2 pad 1 → 56, and the
+    stages halve it to 28, 14, 7.  On 130 pixels the pool's padding shows: conv gives
+    ⌊(130 + 6 − 7)/2⌋ + 1 = 65, the pool ⌊(65 + 2 − 3)/2⌋ + 1 = 33 (a 2×2/2 pool: 32).
+    Shapes come from building the model, no forward pass."""
+    for size, stem, pooled, final in ((224, 112, 56, 7), (130, 65, 33, 5)):
+        net = build("resnet18v2", (3, size, size), 10, dtype="float64").net
+        shapes = dict((name, layer.out_shape) for name, layer in net.children)
+        assert shapes["conv_stem"] == (64, stem, stem)
+        assert shapes["pool_stem"] == (64, pooled, pooled)
+        assert shapes["stage4_block2"] == (512, final, final)
+        assert shapes["fc"] == (10,)
