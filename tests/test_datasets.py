@@ -296,3 +296,171 @@ def test_download_http_error_and_mirror_fallback(tmp_path, server):
     dest = download.download_first([server.url + "/missing", server.url + "/blob.bin"],
                                    tmp_path / "b", md5=hashlib.md5(body).hexdigest(), timeout=5)
     assert open(dest, "rb").read() == body
+
+
+# ------------------------------------------------------------ audit additions
+
+def test_mnist_finds_dotted_idx_names(tmp_path, rng):
+    """Uncompressed MNIST is often unpacked as ``train-images.idx3-ubyte`` (a dot before
+    ``idx``); the converter must find those names too, not only the official hyphenated ones."""
+    arrays = make_mnist_dir(tmp_path / "raw", rng, compress=False)
+    for name in arrays:
+        os.rename(tmp_path / "raw" / name, tmp_path / "raw" / name.replace("-idx", ".idx"))
+    paths = mnist.find_files(str(tmp_path / "raw"))
+    assert os.path.basename(paths["train_images"]) == "train-images.idx3-ubyte"
+    out = tmp_path / "mnist.h5"
+    mnist.convert_mnist(str(tmp_path / "raw"), str(out))
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["train/images"][:, 0], arrays["train-images-idx3-ubyte"])
+        np.testing.assert_array_equal(f["test/labels"][:], arrays["t10k-labels-idx1-ubyte"])
+
+
+@pytest.mark.parametrize("code, dtype", [(0x0C, ">i4"), (0x0D, ">f4")])
+def test_read_idx_big_endian_wide_types(tmp_path, code, dtype):
+    """IDX stores multi-byte values big-endian: an int32 (0x0C) or float32 (0x0D) file
+    must read back as the written values (a little-endian read byte-swaps them)."""
+    values = np.array([[1, -2, 70000], [-123456789, 0, 255]]).astype(dtype)
+    path = tmp_path / "wide-idx2"
+    path.write_bytes(bytes([0, 0, code, 2]) + struct.pack(">2I", 2, 3) + values.tobytes())
+    got = mnist.read_idx(path)
+    assert got.shape == (2, 3) and got.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(got, values.astype(got.dtype))
+
+
+def test_idx_trailing_bytes_refused(tmp_path):
+    """A file longer than its header announces (trailing garbage, a wrong header) is
+    refused with the clear size error, like one that is too short."""
+    long = tmp_path / "long-idx"
+    long.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + b"abcdef")
+    with pytest.raises(UserError, match="header says shape"):
+        mnist.read_idx(long)
+
+
+def test_imagenet_label_just_above_range_refused(tmp_path, rng):
+    """Labels are 1..1000 in the npz; 1001 (0-based 1000 == CLASSES) is out of range and
+    must give the converter's own UserError, at the boundary, not slip through."""
+    side = 4
+    data = rng.integers(0, 256, (3, 3 * side * side)).astype(np.uint8)
+    path = tmp_path / "train_data_batch_1.npz"
+    np.savez(path, data=data, labels=[1, 1000, 1001])
+    with pytest.raises(UserError, match="labels outside 1..1000"):
+        list(imagenet32.read_npz_batch(str(path), side))
+    np.savez(tmp_path / "val_data.npz", data=data, labels=[1, 2, 3])
+    with pytest.raises(UserError, match="labels outside 1..1000"):
+        imagenet32.convert_imagenet(str(tmp_path), str(tmp_path / "inet.h5"), side=side)
+    np.savez(path, data=data, labels=[1, 1000, 500])          # 1000 itself is fine
+    assert [y.tolist() for _, y in imagenet32.read_npz_batch(str(path), side)] == [[0, 999, 499]]
+
+
+def test_three_channel_std_is_per_channel(tmp_path, rng):
+    """The stored std is per channel (population std / 255 of the train split): with
+    channels of very different spreads, each must get its own value, not a pooled one."""
+    n = 40
+    images = np.empty((n, 3, 4, 4), np.uint8)
+    images[:, 0] = rng.integers(120, 136, (n, 4, 4))      # narrow
+    images[:, 1] = rng.integers(0, 256, (n, 4, 4))        # wide
+    images[:, 2] = rng.integers(60, 120, (n, 4, 4))       # medium
+    test = (images[:5], np.zeros(5, int))
+    write_dataset(tmp_path / "c.h5", "c", [f"c{i}" for i in range(10)],
+                  (images, rng.integers(0, 10, n)), test, {})
+    with h5py.File(tmp_path / "c.h5") as f:
+        want = (images / 255.0).std(axis=(0, 2, 3))
+        np.testing.assert_allclose(f.attrs["std"], want, rtol=1e-10)
+        np.testing.assert_allclose(f.attrs["mean"], (images / 255.0).mean(axis=(0, 2, 3)),
+                                   rtol=1e-12)
+    assert want[1] > 3 * want[0]                          # the spreads really differ
+
+
+class _CannedServer:
+    """An HTTP server on 127.0.0.1 answering every GET with one fixed status, headers and
+    body (for replies _Server never gives: 416, a 206 with a wrong Content-Range)."""
+
+    def __init__(self, status, headers=(), body=b""):
+        self.ranges = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.ranges.append(self.headers.get("Range"))
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_download_complete_part_and_416_finishes(tmp_path):
+    """A .part that is already whole gets 416 (range not satisfiable) on resume: the
+    download must then verify the checksum and move it into place, not fail."""
+    body = b"all of it already here" * 100
+    (tmp_path / "blob.bin.part").write_bytes(body)
+    server = _CannedServer(416, [("Content-Range", f"bytes */{len(body)}")])
+    try:
+        dest = download.download(server.url + "/blob.bin", tmp_path / "blob.bin",
+                                 sha256=hashlib.sha256(body).hexdigest(), timeout=5)
+        assert server.ranges == [f"bytes={len(body)}-"]
+        assert open(dest, "rb").read() == body and os.listdir(tmp_path) == ["blob.bin"]
+        (tmp_path / "blob.bin").rename(tmp_path / "blob.bin.part")
+        with pytest.raises(UserError, match="md5 checksum mismatch"):   # still verified
+            download.download(server.url + "/blob.bin", tmp_path / "blob.bin",
+                              md5="0" * 32, timeout=5)
+        assert os.listdir(tmp_path) == []
+    finally:
+        server.close()
+
+
+def test_download_first_checksum_mismatch_stops_at_first_mirror(tmp_path, server):
+    """A checksum mismatch means the expected file is not what the mirrors serve (or the
+    checksum is wrong); download_first raises at once instead of asking the next mirror."""
+    body = server.files["/blob.bin"]
+    server.files["/other.bin"] = body
+    with pytest.raises(UserError, match="md5 checksum mismatch"):
+        download.download_first([server.url + "/blob.bin", server.url + "/other.bin"],
+                                tmp_path / "b", md5="0" * 32, timeout=5)
+    assert server.ranges == [None]                # only the first mirror was asked
+    assert os.listdir(tmp_path) == []
+
+
+def test_download_resume_with_wrong_content_range_refused(tmp_path):
+    """A 206 whose Content-Range starts elsewhere than the bytes we hold cannot be
+    appended; it is refused with a clear error and the .part is left as it was."""
+    body = bytes(range(256)) * 40
+    part = tmp_path / "blob.bin.part"
+    part.write_bytes(body[:1000])
+    server = _CannedServer(206, [("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")],
+                           body)
+    try:
+        with pytest.raises(UserError, match="unexpected range"):
+            download.download(server.url + "/blob.bin", tmp_path / "blob.bin",
+                              sha256=hashlib.sha256(body).hexdigest(), timeout=5)
+        assert server.ranges == ["bytes=1000-"]
+        assert part.read_bytes() == body[:1000] and not (tmp_path / "blob.bin").exists()
+    finally:
+        server.close()
+
+
+def test_prepared_file_in_data_dir_beats_shipped_one(tmp_path, monkeypatch):
+    """A prepared ``mnist5k.h5`` in $HFMETA_DATA (e.g. rebuilt by the user) takes
+    precedence over the copy shipped in the package; without it the shipped one is used."""
+    monkeypatch.setenv("HFMETA_DATA", str(tmp_path))
+    shipped = registry.resolve("mnist5k")
+    assert shipped == registry.PACKAGE_DIR / "mnist5k.h5"
+    images = np.zeros((2, 1, 28, 28), np.uint8)
+    write_dataset(tmp_path / "mnist5k.h5", "mnist5k", [str(d) for d in range(10)],
+                  (images, np.array([0, 1])), (images, np.array([2, 3])), {})
+    assert registry.find_prepared("mnist5k") == tmp_path / "mnist5k.h5"
+    assert registry.resolve("mnist5k") == tmp_path / "mnist5k.h5"
