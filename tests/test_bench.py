@@ -83,3 +83,39 @@ def test_warm_up_must_be_a_finite_number(monkeypatch, seconds):
     assert r.exit_code == 2 and len(lines) == 1, r.output
     assert lines[0].startswith("hfmeta: error: ") and "--warm-up" in lines[0], lines[0]
     assert not calls
+
+
+# ---------------------------------------------------------------------------------------
+# what the timings and the table report
+# ---------------------------------------------------------------------------------------
+def test_the_timing_is_the_median_so_one_slow_call_does_not_count(monkeypatch):
+    """A fake clock gives durations 1, 1, 100 s: the median is 1 (a mean, 34, would let one
+    hiccup of a shared machine decide the result)."""
+    ticks = iter([0, 1, 1, 2, 2, 102])
+    monkeypatch.setitem(bench.CLOCKS, "wall", lambda: next(ticks))
+    assert interleaved_medians({"a": lambda: None}, repeats=3, warmup=0) == {"a": 1}
+
+
+def test_items_are_timed_round_robin():
+    """One call of each item per round (a b a b a b), not all of a then all of b: a load
+    that comes and goes must hit every item alike."""
+    order = []
+    interleaved_medians({k: (lambda k=k: order.append(k)) for k in "ab"}, repeats=3, warmup=0)
+    assert order == list("ababab")
+
+
+def test_mlhf_q_has_a_quarter_size_curvature_batch():
+    """``mlhf-q`` is MLHF with a curvature batch of batch_size // 4 (the docs' item table)."""
+    from hfmeta.models import build
+    model = build("mlp", (1, 6, 6), 10, hidden=[8])
+    assert bench._make_optimizer("mlhf-q", model, 16).curvature_batch == 4
+    assert bench._make_optimizer("mlhf", model, 16).curvature_batch is None
+
+
+def test_the_table_divides_each_time_by_forward_backward_and_by_sgd():
+    """Columns "÷ fwd+bwd" and "÷ SGD step" are the item's time over theirs, not the inverse."""
+    from types import SimpleNamespace
+    model = SimpleNamespace(name="m", num_params=10, in_shape=(1,), dtype="float32", device="cpu")
+    results = {"fwdbwd": {"seconds": 0.5}, "sgd": {"seconds": 0.25}, "mlhf": {"seconds": 2.0}}
+    row = bench.format_table(model, results, 8).splitlines()[-1].split()
+    assert row[:4] == ["mlhf", "2000.0", "4.00", "8.00"], row

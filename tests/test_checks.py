@@ -6,8 +6,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from hfmeta.checks import (COUNT, FRACTION, NATURAL, POSITIVE, SIZES, Range, check_options,
-                           optional)
+from hfmeta.checks import (COUNT, FLAG, FRACTION, NATURAL, POSITIVE, SIZES, Choice, Range,
+                           check_options, optional)
 from hfmeta.cli import cli
 from hfmeta.errors import UserError
 from hfmeta.meta.registry import LEARNED, _load
@@ -28,6 +28,15 @@ from hfmeta.optim import OPTIMIZERS
 def test_range_admits_what_it_says(allowed, good, bad):
     assert all(allowed.admits(v) for v in good)
     assert not any(allowed.admits(v) for v in bad)
+
+
+def test_choice_admits_its_values_of_their_own_type_only():
+    """1 == True and 0 == False in Python: a flag must still refuse 1, 0 and 1.0 (and a name
+    choice its values' look-alikes), else ``--hp untrained=1`` passes as a flag."""
+    assert FLAG.admits(True) and FLAG.admits(False)
+    assert not any(FLAG.admits(v) for v in (1, 0, 1.0, 0.0, "true", None, [True]))
+    names = Choice(("a", "b"))
+    assert names.admits("b") and not names.admits("c") and not names.admits(("a",))
 
 
 def test_the_error_names_owner_option_range_and_value():
@@ -89,6 +98,7 @@ def one_line(result, *fragments):
     (["--hp", "beta1=1.5"], "adam: beta1 must be a number in [0, 1)"),
     (["-o", "mlhf", "--hp", "n=0"], "mlhf: n must be a whole number >= 1"),
     (["-o", "kfac", "--hp", "damping=0"], "kfac: damping must be a number > 0"),
+    (["-o", "mlhf", "--hp", "untrained=1"], "mlhf: untrained must be true or false, got 1"),
     (["--model", "cnn-small", "--model-opt", "channels=0"], "channels must be a whole number"),
     (["--model", "mlp", "--model-opt", "hidden=[0]"], "hidden must be a list of whole numbers"),
     (["--model", "convnet", "--model-opt", "width=0"], "width must be a number > 0"),
