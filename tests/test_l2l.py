@@ -183,3 +183,91 @@ def test_meta_training_lowers_the_meta_loss():
     losses, before, after = meta_training_gain(MetaTrainer)     # about 2.51 -> 2.02
     assert np.isfinite(losses).all() and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     assert after < before - 0.2, (before, after)
+
+
+
+# ----------------------------------------------------------------------------
+# MetaTrainer bookkeeping: replay stores, the recorded losses, reset defaults
+# ----------------------------------------------------------------------------
+def tiny_mlp():
+    return build("mlp", (1, 3, 3), 3, hidden=(5, 4), dtype="float64")
+
+
+def recording_unrolls(trainer):
+    """Make ``trainer`` keep each iteration's :class:`UnrollRecord` (returned list)."""
+    recs, unroll = [], trainer._unroll
+    trainer._unroll = lambda: recs.append(unroll()) or recs[-1]
+    return recs
+
+
+def test_replay_holds_the_fresh_start_and_every_store_every_th_weights():
+    """buffer > 0, store_every = 3, no resets after the first: after 6 iterations the replay
+    holds the fresh initial net (stored when drawn) and the weights after iterations 3 and
+    6, nothing else (not one store per iteration)."""
+    model = tiny_mlp()
+    trainer = MetaTrainer(Problem(model), iter(random_batches(model, 20)), T=1, reset_prob=0.0,
+                          buffer=50, store_every=3)
+    recs = recording_unrolls(trainer)
+    trainer.run(6)
+    expected = [recs[0].w0, recs[3].w0, trainer.w]    # recs[3].w0: the weights after 3
+    assert len(trainer.replay) == len(expected)
+    for item, w in zip(trainer.replay.items, expected):
+        assert np.array_equal(item, w)
+
+
+def test_a_fresh_start_is_stored_in_the_replay():
+    """With buffer > 0 every fresh initialisation drawn is stored (ReplayBuffer's
+    docstring), so replayed starts include fresh nets and not only trained weights."""
+    model = tiny_mlp()
+    trainer = MetaTrainer(Problem(model), iter(random_batches(model, 4)), T=1, buffer=5,
+                          store_every=100)
+    assert trainer._maybe_reset()
+    assert len(trainer.replay) == 1 and np.array_equal(trainer.replay.items[0], trainer.w)
+
+
+def test_meta_loss_is_the_mean_and_last_loss_the_last_of_the_unroll():
+    """T = 3: ``meta_loss`` is the mean training loss along the unroll (what the
+    meta-gradient differentiates; replayed independently), not the sum; ``first_loss`` is
+    f at the start and ``last_loss`` f at the unroll's end weights, not its first step."""
+    model = tiny_mlp()
+    problem = Problem(model)
+    batches = random_batches(model, T + 1, seed=4)
+    trainer = MetaTrainer(problem, iter(batches), T=T, reset_prob=1.0, buffer=0, seed=4)
+    recs = recording_unrolls(trainer)
+    theta = trainer.theta.copy()
+    record = trainer.run(1)[0]
+    rec = recs[0]
+    replayed = replay_meta_loss(trainer.opt.rule, theta, problem, rec.w0, rec.states0,
+                                rec.inputs, batches[1:])
+    assert record["meta_loss"] == pytest.approx(replayed, rel=1e-12)
+    assert record["first_loss"] == pytest.approx(problem.loss_and_grad(rec.w0, batches[0])[0],
+                                                 rel=1e-12)
+    last = problem.loss_and_grad(trainer.w, batches[T])[0]
+    assert record["last_loss"] == pytest.approx(last, rel=1e-12)
+    assert abs(rec.losses[0] - last) > 1e-6            # the first step's loss differs
+
+
+class FixedDraw:
+    """A generator whose ``random()`` is ``value``; other draws from ``rng``."""
+
+    def __init__(self, value, rng):
+        self.value, self.rng = value, rng
+
+    def random(self):
+        return self.value
+
+    def __getattr__(self, name):
+        return getattr(self.rng, name)
+
+
+def test_default_reset_probability_is_0_2():
+    """The trainer's docstring: reset_prob 0.2 (a target net lives about 5 unrolls).  A draw
+    of 0.3 keeps the target net, one of 0.1 resets it."""
+    model = tiny_mlp()
+    trainer = MetaTrainer(Problem(model), iter(random_batches(model, 4)))
+    assert trainer.options["reset_prob"] == 0.2
+    trainer._maybe_reset()                              # the first start always resets
+    trainer.rng = FixedDraw(0.3, trainer.rng)
+    assert not trainer._maybe_reset()
+    trainer.rng = FixedDraw(0.1, trainer.rng.rng)
+    assert trainer._maybe_reset()

@@ -196,3 +196,40 @@ def test_norm_constraint_and_momentum():
     w_cap, _, info = capped.step(problem, w, capped.init(w), batch)
     assert info["norm_scale"] == pytest.approx(np.sqrt(0.1), rel=1e-12)
     np.testing.assert_allclose(w - w_cap, np.sqrt(0.1) * u, rtol=1e-12)
+
+
+def test_ema_decay_is_capped_by_cov_ema_decay():
+    """From step 3 on (t = 2: 1 − 1/3 = 2/3 > 0.5) the EMA uses cov_ema_decay = 0.5, not
+    the warm-up value 1 − 1/(t+1): the cap was untested (t ≤ 1 gives 0 and 0.5 either way)."""
+    model = tiny_fc()
+    problem, batch, w = setup(model)
+    opt = get_optimizer("kfac", lr=0.1, cov_ema_decay=0.5, seed=3)
+    state = opt.init(w)
+    ws, factors_ = [w], []
+    for _ in range(4):
+        w, state, _ = opt.step(problem, w, state, batch)
+        ws.append(w)
+        factors_.append({k: state[k].copy() for k in ("A:fc1", "G:fc1", "A:fc2", "G:fc2")})
+    for t in (2, 3):
+        fresh = {"t": t}
+        KFAC(seed=3).update_factors(problem, problem.linearize(ws[t], batch), fresh)
+        for key, value in factors_[t].items():
+            np.testing.assert_allclose(value, 0.5 * factors_[t - 1][key] + 0.5 * fresh[key],
+                                       rtol=1e-12, atol=1e-15)
+
+
+def test_default_inverse_refresh_every_20_steps():
+    """With the defaults (inverse_every 20) the inverses are computed at step 1 (t = 0) and
+    next at step 21 (t = 20): the stored inverses stay fixed for steps 1..20, then change."""
+    model = tiny_fc()
+    problem, batch, w = setup(model)
+    opt = get_optimizer("kfac")
+    state = opt.init(w)
+    inverses = []
+    for _ in range(21):
+        w, state, _ = opt.step(problem, w, state, batch)
+        inverses.append((state["Ainv:fc2"].copy(), state["Ginv:fc1"].copy()))
+    for a, g in inverses[1:20]:
+        assert np.array_equal(a, inverses[0][0]) and np.array_equal(g, inverses[0][1])
+    assert not np.allclose(inverses[20][0], inverses[0][0])
+    assert not np.allclose(inverses[20][1], inverses[0][1])
