@@ -8,6 +8,8 @@ never a traceback (see :class:`Group`).
 from __future__ import annotations
 
 import importlib
+import select
+import sys
 
 import click
 
@@ -39,6 +41,20 @@ def usage_line(error: click.UsageError) -> click.ClickException:
     return CleanError(f"{error.format_message()} (see '{where} --help')", error.exit_code)
 
 
+def stdout_reader_gone() -> bool:
+    """True when standard output is a pipe whose reader has gone (``poll`` reports an
+    error on its write end), so that a broken pipe elsewhere is still an error."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):    # not a file (a test's capture)
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 class Group(click.Group):
     """Click group that turns errors a user can cause into :class:`CleanError`."""
 
@@ -55,6 +71,10 @@ class Group(click.Group):
             raise usage_line(e) from None
         except (UserError, BackendError) as e:
             raise CleanError(str(e), getattr(e, "exit_code", 1)) from None
+        except BrokenPipeError as e:
+            if stdout_reader_gone():     # `hfmeta info | head -1`: Click's own EPIPE
+                raise                    # handling stops quietly, as Unix tools do
+            raise CleanError(str(e), 1) from None
         except (OSError, ValueError) as e:
             # missing/corrupt files (h5py raises OSError), bad shapes or names
             raise CleanError(str(e) or type(e).__name__, 1) from None
@@ -98,5 +118,5 @@ for _name in COMMANDS:
 
 
 def main(argv=None):
-    """Console entry point (``hfmeta = hfmeta.cli:main``)."""
+    """Run the command line (the console script, :func:`hfmeta.console.main`, calls it)."""
     cli.main(args=argv, prog_name="hfmeta")

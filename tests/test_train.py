@@ -691,3 +691,33 @@ def test_log_every_logs_every_n_th_step(tmp_path):
     """log_every=3: step records at steps 3, 6, 9, … (the n-th, 2n-th, … step)."""
     records = _tiny_run(tmp_path, steps=10, log_every=3)
     assert [x["step"] for x in records if x["kind"] == "step"] == [3, 6, 9]
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """The console script imports hfmeta.cli (Click, NumPy) itself: a Ctrl-C then gave a
+    KeyboardInterrupt traceback."""
+    import builtins
+    from hfmeta import console
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "hfmeta.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    with pytest.raises(SystemExit) as stop:
+        console.main(["info"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "hfmeta: error: interrupted\n"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`hfmeta info | head -1`: the write to the closed pipe printed 'hfmeta: error:
+    [Errno 32] Broken pipe'; now it stops quietly (Click's EPIPE handling), as Unix
+    tools do.  The pipe is closed before the command writes (importing takes ~0.1 s)."""
+    p = subprocess.Popen([sys.executable, "-c", "from hfmeta.console import main; main(['info'])"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1
+    assert err == "", err
