@@ -192,7 +192,23 @@ def test_registry_resolution(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------ downloads
 
-class _Server:
+class _LocalServer:
+    """An HTTP server on 127.0.0.1 in a thread, for a request handler class."""
+
+    def serve(self, handler):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.timeout = 5
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class _Server(_LocalServer):
     """A tiny HTTP server on 127.0.0.1 serving bytes, honouring Range, optionally dropping."""
 
     def __init__(self):
@@ -227,16 +243,7 @@ class _Server:
                     return
                 self.wfile.write(body[start:])
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.timeout = 5
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -371,7 +378,7 @@ def test_three_channel_std_is_per_channel(tmp_path, rng):
     assert want[1] > 3 * want[0]                          # the spreads really differ
 
 
-class _CannedServer:
+class _CannedServer(_LocalServer):
     """An HTTP server on 127.0.0.1 answering every GET with one fixed status, headers and
     body (for replies _Server never gives: 416, a 206 with a wrong Content-Range)."""
 
@@ -392,15 +399,7 @@ class _CannedServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.serve(Handler)
 
 
 def test_download_complete_part_and_416_finishes(tmp_path):
