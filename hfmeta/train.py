@@ -203,7 +203,7 @@ class Run:
             run.dir = run_dir = claim_new_folder(run_dir)
         else:
             os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg), indent=2)
+        run._save_config()
         open(os.path.join(run_dir, METRICS), "w").close()
         return run
 
@@ -224,7 +224,7 @@ class Run:
             raise UserError(f"{run_dir} has already taken its {run.step} steps; resume with "
                             f"--steps above {run.step} to train on")
         if steps is not None:
-            write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(run.cfg), indent=2)
+            run._save_config()
             if finished:
                 os.remove(os.path.join(run_dir, SUMMARY))
         run._truncate_metrics()
@@ -259,8 +259,8 @@ class Run:
                                      and {"data", "step", "wall"} <= set(ckpt)):
             raise UserError(f"{ckpt_path} is not a training checkpoint")
         if ckpt is not None and isinstance(ckpt.get("config"), dict):
-            differ = [k for k in STATE_DEFINING if k in ckpt["config"]
-                      and json.loads(json.dumps(ckpt["config"][k])) != saved.get(k)]
+            differ = [k for k in STATE_DEFINING         # (both sides read from JSON)
+                      if k in ckpt["config"] and ckpt["config"][k] != saved.get(k)]
             if differ:
                 raise UserError(f"{path} and {ckpt_path} disagree on {', '.join(differ)}: "
                                 f"the checkpoint was written by another configuration")
@@ -307,6 +307,9 @@ class Run:
                              if record["step"] <= self.step])
 
     # -- persistence ---------------------------------------------------------------
+    def _save_config(self):
+        write_json(os.path.join(self.dir, CONFIG), dataclasses.asdict(self.cfg), indent=2)
+
     def save(self):
         save_checkpoint(os.path.join(self.dir, CHECKPOINT),
                         config=dataclasses.asdict(self.cfg), layout=self.model.layout,
