@@ -26,7 +26,8 @@ def command(ctx, run_dir, precise_bn):
     run = Run.open(run_dir, optimizer=False, precise_bn=precise_bn, **given)
     if run.step == 0:
         raise UserError(f"{run_dir} has no {CHECKPOINT} to evaluate")
-    note_precise_bn_without_batch_norm(run)
+    if ctx.obj.get("verbosity", 0) >= 0:
+        note_precise_bn_without_batch_norm(run)
     figures = run.test_figures()
     where = f"{run.cfg.model} on {run.cfg.data} (test split), step {run.step} of {run_dir}"
     rows = [("", "")]

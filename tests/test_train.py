@@ -524,6 +524,8 @@ def test_precise_bn_on_a_net_without_batch_norm_is_noted(tmp_path):
     assert r.exit_code == 0 and "mlp has no batch norm; --precise-bn changes nothing" in r.output
     r = invoke("evaluate", str(out), "--precise-bn", "3")
     assert r.exit_code == 0 and "--precise-bn changes nothing" in r.output
+    r = invoke("-q", "evaluate", str(out), "--precise-bn", "3")       # -q: figures only
+    assert r.exit_code == 0 and "test accuracy" in r.output and "note" not in r.output
 
 
 def test_evaluate_of_a_non_run_folder_or_a_run_without_checkpoint(tmp_path):
