@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .errors import UserError
 
 
@@ -137,3 +139,31 @@ def check_options(owner: str | None, values: dict, ranges: dict) -> None:
     for name, allowed in ranges.items():
         if name in values:
             allowed.check(owner, name, values[name])
+
+
+def check_representable(owner: str | None, values: dict, ranges: dict, dtype) -> None:
+    """Each real-valued option of ``values`` (a non-``whole`` :class:`Range` of
+    ``ranges``) survives the cast to ``dtype``, the dtype of the arrays it meets.
+
+    A value beyond ``finfo(dtype).max`` becomes ±inf and one below its smallest
+    subnormal becomes 0 (``--hp ms_init=1e300`` or ``--hp eps=1e-50`` in
+    float32): the run would train with a zero or NaN step after a NumPy
+    warning, so it is refused here instead.
+    """
+    info = np.finfo(dtype)
+    largest, smallest = float(info.max), float(info.smallest_subnormal)
+    for name, allowed in ranges.items():
+        if name not in values or not isinstance(allowed, Range) or allowed.whole:
+            continue
+        value = values[name]
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v == 0:
+                continue
+            prefix = f"{owner}: " if owner else ""
+            if abs(v) > largest:
+                raise UserError(f"{prefix}{name}={v:g} overflows {info.dtype} (largest "
+                                f"{largest:.3g}); use a smaller value or --dtype float64")
+            if np.float64(v).astype(info.dtype) == 0:                # rounds to 0
+                raise UserError(f"{prefix}{name}={v:g} is 0 in {info.dtype} (smallest "
+                                f"{smallest:.3g}); use a larger value or "
+                                f"--dtype float64")

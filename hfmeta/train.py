@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend
-from .checks import COUNT, NATURAL, POSITIVE, check_options, optional
+from .checks import COUNT, NATURAL, POSITIVE, check_options, check_representable, optional
 from .errors import NonFiniteLoss, UserError
 from .problem import Problem
 from .storage import load_checkpoint, read_jsonl, rewrite_lines, save_checkpoint, write_json
@@ -139,12 +139,16 @@ def make_optimizer(name, hparams, meta=None, model=None):
     if name in OPTIMIZERS:
         if meta:
             raise UserError(f"--meta is for learned optimizers; {name!r} is hand-crafted")
-        return get_optimizer(name, **hparams)
-    from .meta.registry import LEARNED, get_learned
-    if name in LEARNED:
-        return get_learned(name, meta=meta, model=model, **hparams)
-    raise UserError(f"unknown optimizer {name!r}; choose one of "
-                    f"{', '.join(list(OPTIMIZERS) + list(LEARNED))}")
+        opt = get_optimizer(name, **hparams)
+    else:
+        from .meta.registry import LEARNED, get_learned
+        if name not in LEARNED:
+            raise UserError(f"unknown optimizer {name!r}; choose one of "
+                            f"{', '.join(list(OPTIMIZERS) + list(LEARNED))}")
+        opt = get_learned(name, meta=meta, model=model, **hparams)
+    if model is not None:      # a value the model's dtype cannot hold would train silently wrong
+        check_representable(name, opt.hparams, opt.ranges, model.dtype)
+    return opt
 
 
 class Run:

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from hfmeta.checks import (COUNT, FLAG, FRACTION, NATURAL, POSITIVE, SIZES, Choice, Range,
-                           check_options, optional)
+                           check_options, check_representable, optional)
 from hfmeta.cli import cli
 from hfmeta.errors import UserError
 from hfmeta.meta.registry import LEARNED, _load
@@ -103,12 +103,35 @@ def one_line(result, *fragments):
     (["--model", "mlp", "--model-opt", "hidden=[0]"], "hidden must be a list of whole numbers"),
     (["--model", "convnet", "--model-opt", "width=0"], "width must be a number > 0"),
     (["--model", "cnn-big", "--model-opt", "channels=[4,8]"], "a list of 3 whole numbers"),
+    # values float32 cannot hold: a NumPy warning, then training with a zero or inf step
+    (["-o", "rmsprop", "--hp", "ms_init=1e300"], "rmsprop: ms_init=1e+300 overflows float32"),
+    (["--hp", "eps=1e-50"], "adam: eps=1e-50 is 0 in float32"),
+    (["-o", "mlhf", "--hp", "lr=1e39"], "mlhf: lr=1e+39 overflows float32"),
 ])
 def test_train_refuses_bad_options_in_one_line_and_writes_nothing(tmp_path, args, fragment):
     r = invoke("-q", "train", "--model", "mlp", "-o", "adam", "--steps", "1", *args,
                "--out", str(tmp_path / "run"))
     one_line(r, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_values_beyond_the_dtype_are_refused_only_there():
+    ranges = {"lr": POSITIVE, "steps": COUNT, "sizes": SIZES, "mode": Choice(("a", "b"))}
+    fine = {"lr": 1e300, "steps": 10 ** 40, "sizes": [10 ** 40], "mode": "a"}
+    check_representable("sgd", fine, ranges, "float64")          # counts are not cast
+    check_representable("sgd", {"lr": 0.0, "steps": 10 ** 40}, ranges, "float32")
+    check_representable("sgd", {"lr": 1e-45}, ranges, "float32")  # a subnormal, not 0
+    with pytest.raises(UserError, match=r"^sgd: lr=1e\+300 overflows float32 \(largest 3.4e\+38\)"):
+        check_representable("sgd", fine, ranges, "float32")
+    with pytest.raises(UserError, match=r"^sgd: lr=-1e-46 is 0 in float32 \(smallest 1.4e-45\)"):
+        check_representable("sgd", {"lr": -1e-46}, ranges, "float32")
+
+
+def test_a_float64_run_takes_what_float32_refuses(tmp_path):
+    r = invoke("-q", "--dtype", "float64", "train", "--model", "mlp", "--model-opt", "hidden=[4]",
+               "-o", "rmsprop", "--hp", "ms_init=1e300", "--steps", "1", "-b", "8",
+               "--out", str(tmp_path / "run"))
+    assert r.exit_code == 0 and "train loss" in r.output, r.output
 
 
 @pytest.mark.parametrize("args, fragment", [
