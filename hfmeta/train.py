@@ -198,7 +198,9 @@ class Run:
         :meth:`resume`, and other files are not overwritten.  ``unique``: ``run_dir`` is a
         default name (``hfmeta train`` without ``--out``); the run takes the first of
         ``run_dir``, ``run_dir-2``, ``run_dir-3``, … that it can create, so two runs
-        started in the same second get a folder each."""
+        started in the same second get a folder each; two started into the same ``run_dir``
+        at once both pass the emptiness check, and the first to create its metrics log
+        takes the folder."""
         if not unique:
             refuse_to_overwrite(run_dir)
         cfg.check()                    # (open checks a saved configuration, naming its file)
@@ -207,8 +209,12 @@ class Run:
             run.dir = run_dir = claim_new_folder(run_dir)
         else:
             os.makedirs(run_dir, exist_ok=True)
+        try:               # "x": a run started into the same --out since the check above wins
+            open(os.path.join(run_dir, METRICS), "x").close()
+        except FileExistsError:
+            raise UserError(f"{run_dir} was taken by another run meanwhile; choose another "
+                            f"--out") from None
         run._save_config()
-        open(os.path.join(run_dir, METRICS), "w").close()
         return run
 
     @classmethod

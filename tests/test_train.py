@@ -598,6 +598,25 @@ def test_default_run_folders_are_claimed_one_per_run(tmp_path):
     assert all(os.path.isfile(os.path.join(d, "config.json")) for d in (first.dir, second.dir))
 
 
+def test_two_runs_started_into_one_out_at_once_do_not_share_it(tmp_path, monkeypatch):
+    """Both passed the empty-folder check before either wrote, and the second overwrote
+    the first's config.json and emptied its log.  The check is skipped here to stand for
+    the second run having passed it in the moment before the first wrote."""
+    from hfmeta import train
+    cfg = train.RunConfig(model="mlp", model_options={"hidden": [16]}, optimizer="sgd", steps=1)
+    out = str(tmp_path / "run")
+    first = train.Run.create(cfg, out)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as log:
+        log.write('{"step": 1}\n')
+    monkeypatch.setattr(train, "refuse_to_overwrite", lambda run_dir: None)
+    other = train.RunConfig(model="mlp", model_options={"hidden": [8]}, optimizer="adam", steps=1)
+    with pytest.raises(train.UserError, match="was taken by another run meanwhile"):
+        train.Run.create(other, out)
+    assert json.loads(open(os.path.join(out, "config.json")).read())["optimizer"] == "sgd"
+    assert open(os.path.join(out, "metrics.jsonl")).read() == '{"step": 1}\n'
+    assert first.dir == out
+
+
 @pytest.mark.parametrize("contents", [{"config.json": "{}"}, {"notes.txt": "mine"}])
 def test_out_refuses_a_folder_with_files(tmp_path, contents):
     """--out into a folder without a checkpoint overwrote its config.json (a run killed
