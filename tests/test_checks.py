@@ -98,6 +98,7 @@ def one_line(result, *fragments):
     (["--hp", "beta1=1.5"], "adam: beta1 must be a number in [0, 1)"),
     (["-o", "mlhf", "--hp", "n=0"], "mlhf: n must be a whole number >= 1"),
     (["-o", "kfac", "--hp", "damping=0"], "kfac: damping must be a number > 0"),
+    (["-o", "sou", "--hp", "mu=0"], "sou: mu must be a number > 0"),   # was 0/0 where h = 0
     (["-o", "mlhf", "--hp", "untrained=1"], "mlhf: untrained must be true or false, got 1"),
     (["--model", "cnn-small", "--model-opt", "channels=0"], "channels must be a whole number"),
     (["--model", "mlp", "--model-opt", "hidden=[0]"], "hidden must be a list of whole numbers"),

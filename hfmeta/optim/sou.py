@@ -5,9 +5,11 @@ Roy & Todorovic (ICPR 2018, slides), after Becker & LeCun (1988)::
     θ ← θ − α · g / (|h| + μ)
 
 with h the diagonal second derivatives of the mini-batch loss and μ > 0 a
-small damping.  We use the **absolute value** |h|, as Becker & LeCun (1988)
-do, so a negative estimate (Hutchinson on the exact Hessian) never flips the
-step; the Gauss-Newton based estimators are ≥ 0 anyway, where |h| = h.
+small damping (μ = 0 is refused: Becker–LeCun gives exact zeros, where the
+step would be 0/0).  We use the **absolute value** |h|, as Becker & LeCun
+(1988) do, so a negative estimate never flips the step: both Hutchinson
+estimators (of the GGN and of the Hessian) can be negative; the exact and
+sampled GGN diagonals and Becker–LeCun are ≥ 0, where |h| = h.
 
 ``diagonal`` picks the estimator of :mod:`hfmeta.diagonal` by name:
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import diagonal
-from ..checks import COUNT, NATURAL, NONNEGATIVE, POSITIVE, Choice
+from ..checks import COUNT, NATURAL, POSITIVE, Choice
 from .base import Optimizer
 
 DIAGONALS = {
@@ -45,7 +47,7 @@ class SOU(Optimizer):
     name = "sou"
     # lr 0.01, μ 1: with lr 0.1, μ 1e-3 the step g/(|h| + μ) diverges within 10 steps
     defaults = {"lr": 0.01, "mu": 1.0, "diagonal": "becker-lecun", "samples": 1, "seed": 0}
-    ranges = {"lr": POSITIVE, "mu": NONNEGATIVE, "diagonal": Choice(tuple(DIAGONALS)),
+    ranges = {"lr": POSITIVE, "mu": POSITIVE, "diagonal": Choice(tuple(DIAGONALS)),
               "samples": COUNT, "seed": NATURAL}
 
     def step(self, problem, w, state, batch):
