@@ -75,8 +75,8 @@ def mc_diag_ggn(lin, loss, samples=1, rng=None):
     """Monte-Carlo GGN (Fisher) diagonal from ``samples`` label draws per example.
 
     Column m is ``∇_z l(z, ỹ_m) · √(n / M)`` = (p − onehot(ỹ_m)) / √(nM) for
-    cross-entropy, −ε_m / √(nM) for squared error; their outer products average
-    to H_l.  ``rng`` is a
+    cross-entropy, −ε_m / √(nM) for squared error; the sum of their M outer
+    products has expectation H_l (each one H_l / M).  ``rng`` is a
     ``numpy.random.Generator`` (host side, so CPU and GPU draw the same labels).
     """
     rng = np.random.default_rng() if rng is None else rng

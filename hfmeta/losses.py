@@ -104,7 +104,8 @@ class MeanSquaredError:
         """Targets ỹ = z + ε, ε ~ N(0, I), drawn from the model's predictive
         distribution (the unit-variance Gaussian whose negative log-likelihood
         this loss is) for the Monte-Carlo Fisher: ∇_z l(z, ỹ) = −ε/n, whose
-        outer product averages to I/n = H_l.  ``rng`` is a host
+        outer product averages to I/n² = H_l/n (so :func:`hfmeta.diagonal.mc_diag_ggn`
+        scales each draw by √(n/M) to recover H_l).  ``rng`` is a host
         ``numpy.random.Generator``, so CPU and GPU draw the same targets."""
         xp = get_array_module(z)
         return z + xp.asarray(rng.standard_normal(z.shape), dtype=z.dtype)

@@ -40,6 +40,8 @@ class Model:
     dtype : "float32" (training default) or "float64" (derivative checks)
     device : "cpu" or "gpu"
     name : str         zoo name, recorded in checkpoints
+    config : dict      the zoo options it was built with (``width``, ``channels``, …),
+                       recorded in meta files
     """
 
     def __init__(self, net: Sequential, in_shape, classes, dtype="float32",
@@ -110,8 +112,9 @@ class Linearization:
         """The linearization at ``(w, x[:size])`` made from this one's caches (no
         forward pass): every layer slices its cache to the first ``size``
         examples (:meth:`hfmeta.layers.base.Layer.slice_cache`).  Raises
-        ``NotImplementedError`` when a layer's cache couples the examples
-        (batch norm in train mode): then run ``model.linearize`` on the sub-batch."""
+        ``NotImplementedError`` when a layer cannot slice its cache (batch norm in
+        either mode, a pre-activation block): then run ``model.linearize`` on the
+        sub-batch."""
         sub = Linearization.__new__(Linearization)
         sub.model, sub.w, sub.x, sub.train, sub.p = self.model, self.w, self.x[:size], self.train, self.p
         sub.cache = self.model.net.slice_cache(self.cache, size)

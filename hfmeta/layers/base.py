@@ -113,8 +113,9 @@ class Layer:
     def slice_cache(self, cache, size: int):
         """The cache this layer's forward would have kept for the first ``size``
         examples of the batch, from the whole batch's ``cache`` (views where
-        possible).  Default: ``NotImplementedError`` -- a layer whose cache
-        couples the examples (batch norm in train mode) cannot be sliced."""
+        possible).  Default: ``NotImplementedError``.  Conv2d, Linear, ReLU,
+        Flatten, the pools and a Sequential of those slice; BatchNorm (in either
+        mode: in train mode its cache couples the examples) and PreActBlock do not."""
         raise NotImplementedError(f"{type(self).__name__} cannot slice its cache")
 
     def backward(self, p, cache, dy, dp_out, need_dx: bool = True):

@@ -8,18 +8,22 @@ matrix, the layer is the matrix product
     Y = W X + b 1ᵀ            Y (o, n·L), returned as the NCHW view of y.
 
 Everything below is linear algebra on that product (``colᵀ`` = col2im, the
-adjoint of im2col):
+adjoint of im2col).  ``dx, dW, db`` are directions and ``dY`` the R-op output;
+a bar is a cotangent: ``Ȳ`` (the ``dy`` argument of ``backward`` in the code),
+``W̄, b̄, x̄`` what it returns, ``R{Ȳ}`` (the ``ddy`` argument of
+``backward_rop``) the R-op of Ȳ:
 
 * R-op (Pearlmutter 1994):  dY = W im2col(dx) + dW X + db 1ᵀ
   -- the parameter part reuses the cached columns X; only a non-zero input
   direction dx is unfolded.
-* backward:   dW = dY Xᵀ,  db = dY 1,  dx = colᵀ(Wᵀ dY)
+* backward:   W̄ = Ȳ Xᵀ,  b̄ = Ȳ 1,  x̄ = colᵀ(Wᵀ Ȳ)
 * R{backward} (bilinear in x and W):
-              R{dW} = ddY Xᵀ + dY im2col(dx)ᵀ,  R{db} = ddY 1,
-              R{x̄}  = colᵀ(Wᵀ ddY + dWᵀ dY)
+              R{W̄} = R{Ȳ} Xᵀ + Ȳ im2col(dx)ᵀ,  R{b̄} = R{Ȳ} 1,
+              R{x̄}  = colᵀ(Wᵀ R{Ȳ} + dWᵀ Ȳ)
 * per-example squared gradients (exact diagonal GGN, Dangel et al. 2020):
-              g_n = Σ_l dY[:, n, l] X[:, n, l]ᵀ  (sum over positions first), Σ_n g_n²
-* Becker & LeCun (1988):  d2W = d2Y (X²)ᵀ,  d2b = d2Y 1,  d2x = colᵀ((W²)ᵀ d2Y)
+              g_n = Σ_l Ȳ[:, n, l] X[:, n, l]ᵀ  (sum over positions first), Σ_n g_n²
+* Becker & LeCun (1988), d2Y the propagated second derivatives:
+              d2W = d2Y (X²)ᵀ,  d2b = d2Y 1,  d2x = colᵀ((W²)ᵀ d2Y)
 
 **Three algorithms, the same derivatives.**  ``algorithm="im2col"`` is the
 matrix picture above.  ``algorithm="fft"`` (stride 1 only) computes the same
@@ -144,9 +148,9 @@ class Conv2d(Layer):
 
     def auto_algorithm(self, device):
         """im2col on the GPU.  On the CPU, for stride 1: the FFT for kernels of at
-        least 5×5 on at least 16 channels; shifted products for kernels of at
-        most 3×3 (not 1×1) on 8 to 32 channels and outputs of at least 16×16
-        positions; else im2col.  (Measured at batch 128, one thread: shifted
+        least 25 taps (5×5 and up) on at least 16 channels; shifted products for
+        kernels of 2 to 9 taps (3×3 and below, not 1×1) on 8 to 32 channels and
+        at least 256 output positions (16×16); else im2col.  (Measured at batch 128, one thread: shifted
         products take 0.45-0.8 of im2col's forward and backward time on 8-32
         channels at 16×16-32×32, and 1.05-1.12 on 64 or 128 channels or 8×8.)"""
         c = self.in_shape[0]

@@ -2,15 +2,18 @@
 
 Shapes: x (n, i), W (o, i), b (o,), y (n, o).
 
-Derivatives (all linear algebra, no approximation):
+Derivatives (all linear algebra, no approximation).  ``dx, dW, db`` are
+directions (R-op inputs) and ``dy`` the R-op output; a bar is a cotangent:
+``ȳ`` (the ``dy`` argument of ``backward`` in the code), ``W̄, b̄, x̄`` what it
+returns, and ``R{ȳ}`` (the ``ddy`` argument of ``backward_rop``) the R-op of ȳ.
 
 * R-op:      dy = dx Wᵀ + x dWᵀ + db
-* backward:  dW = dyᵀ x,  db = Σ_n dy,  dx = dy W
+* backward:  W̄ = ȳᵀ x,  b̄ = Σ_n ȳ,  x̄ = ȳ W
 * R{backward} (bilinear in x and W):
-             R{dW} = ddyᵀ x + dyᵀ dx,  R{db} = Σ_n ddy,  R{x̄} = ddy W + dy dW
+             R{W̄} = R{ȳ}ᵀ x + ȳᵀ dx,  R{b̄} = Σ_n R{ȳ},  R{x̄} = R{ȳ} W + ȳ dW
 * per-example squared gradients (exact diagonal GGN):
-             g_n = dy_n x_nᵀ, so Σ_n g_n² = (dy²)ᵀ (x²),  Σ_n (db_n)² = Σ_n dy²
-* Becker & LeCun (1988):
+             g_n = ȳ_n x_nᵀ, so Σ_n g_n² = (ȳ²)ᵀ (x²),  Σ_n (b̄_n)² = Σ_n ȳ²
+* Becker & LeCun (1988), with d2y the propagated second derivatives:
              d2W = d2yᵀ x²,  d2b = Σ_n d2y,  d2x = d2y W²
 """
 from __future__ import annotations

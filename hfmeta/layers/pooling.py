@@ -6,10 +6,11 @@ rule, so every window holds at least one real input); ``ho``, ``wo`` as in
 :func:`hfmeta.layers.im2col.output_size` (floor mode).
 
 Each pooled output reads one tap (a, b) of its window per kernel offset, so
-every pass (except a tiling max pool's gather/scatter, see :class:`MaxPool2d`)
-is a loop over the kh·kw offsets with strided slices of the padded input
-(:func:`hfmeta.layers.im2col.windows`); backward passes *add* into those
-slices, which handles overlapping windows without scatter-add.
+every pass (except a tiling max pool's gather/scatter and its 2×2 forward by
+two halving passes, see :class:`MaxPool2d`) is a loop over the kh·kw offsets
+with strided slices of the padded input (:func:`hfmeta.layers.im2col.windows`);
+backward passes *add* into those slices, which handles overlapping windows
+without scatter-add.
 
 * MaxPool2d  y = max_k xpad_k (padding -inf).  The winning offset k* of each
   window is cached; given it the layer is linear, so

@@ -50,7 +50,8 @@ products with DFT tables (:meth:`SpectralPlan.kernel_spectrum`).
 every product is one batched complex GEMM.  The transforms run over the
 first two axes of (Sh, Sw, n, c) grids, which yields that layout without a
 transpose of the spectrum: signals are transposed while being embedded in
-the grid, and images come back as NCHW views of the (Sh, Sw, n, o) grid.
+the grid, and images are copied out of the (Sh, Sw, n, o) grid as
+C-contiguous NCHW arrays (:meth:`SpectralPlan.image`).
 """
 from __future__ import annotations
 

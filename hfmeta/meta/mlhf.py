@@ -7,7 +7,7 @@ Per training step t with mini-batch (x^t, y^t)::
     A v = G v + s ⊙ v                                 (G: Gauss-Newton at (w^t, x^t))
     x0  = d_prev,   r0 = g − A x0
     P   = softplus(RNN_p(tanh g, tanh x0, tanh r0)) + p_min               (preconditioner)
-    d, r = PCG(g, A, x0, P, n = 4, eps = 0)           (n + 1 products with A)
+    d, r = PCG(g, A, x0, P, n = 4, eps = 0)           (n + 1 products with A; n at x0 = 0)
     w^{t+1} = w^t − lr · d,   lr = b_tr / b_mt
 
 RNN_s and RNN_p are coordinate-wise two-layer LSTMs of 4 units
@@ -61,8 +61,8 @@ INPUTS = {"tanh": Tanh, "logsign": LogSign}     # the preprocessing of g, d_prev
 class MLHFNets:
     """RNN_s and RNN_p: two :class:`LSTMBank` s over the six parameter kinds.
 
-    ``theta`` is one flat vector ``[theta_s, theta_p]`` (``theta_p`` empty
-    when ``use_rnn_p`` is false: the ablation without RNN_p uses P = I).
+    ``theta`` is one flat vector ``[theta_s, theta_p]`` (no ``theta_p`` when
+    ``use_rnn_p`` is false, and :meth:`split` gives None for it: the ablation without RNN_p uses P = I).
     ``inputs`` names the preprocessing of the three RNN inputs (module
     docstring): "tanh" (paper) or "logsign".  ``loss_input`` (ours, not the
     paper's) gives RNN_s a fourth input, the same on every coordinate:

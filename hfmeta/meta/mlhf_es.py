@@ -21,7 +21,9 @@ numbers::
     ĝ = 1/(2 N σ) Σ_{i=1..N} [F(θ + σ ε_i) − F(θ − σ ε_i)] ε_i,    ε_i ~ N(0, I)
 
 on the trained coordinates; the two runs of pair i share their target-net
-seed and their K batches (the next K batches of the meta-training stream).
+seed and their K batches: pair i takes the i-th block of K consecutive
+batches of the meta-training stream, which moves on N·K batches per
+meta-iteration.
 ĝ is unbiased for the gradient of the Gaussian-smoothed F, however long the
 run, where truncated backpropagation through an unrolled optimizer is biased
 and can explode (Metz, Maheswaranathan, Nixon, Freeman & Sohl-Dickstein

@@ -19,7 +19,7 @@ derivatives as constants, as L2L does (Andrychowicz et al. 2016, and
 r_0^t and the RNN inputs are the paper's stop-gradient constants, but w^t is
 *not* stopped -- each step moves every later weight.  Then
 
-    ∂L_H/∂d^t = −lr · u_t · J_clipᵀ (1/H) Σ_{k>t} g^k        (log: g^k / l(x^k, w^k))
+    ∂L_H/∂d^t = J_clipᵀ (−lr · u_t ⊙ (1/H) Σ_{k>t} g^k)        (log: g^k / l(x^k, w^k))
 
 (suffix sums of the later gradients), and the PCG backward of step t
 (:func:`hfmeta.pcg.pcg_backward`) turns it into s̄^t (and P̄^t); BPTT through

@@ -17,7 +17,7 @@ Two choices the paper leaves open, each an option of :class:`MetaTrainer`:
   ``mlhf_paper.h5`` and every documented meta-training were made with it;
   ``"coordinate"`` is the released code's.
 * ``ls_form``: ``"paper"`` (the default) takes l_s^t as above, the paper's
-  equation (5); ``"half"`` takes half of it, as the released code does
+  equation (4); ``"half"`` takes half of it, as the released code does
   (``(l(x^{t+1}, w^{t+1}) + l(x^t, w^{t+1}))/2 − l(x^t, w^t)``).  Half l_s^t
   halves RNN_s's gradient and makes its weights softmax(l_s/2), flatter:
   the unroll's worst steps weigh less.  The paper's form is the default
@@ -29,7 +29,7 @@ r_0^t (so the RNN inputs are constants), through l(x^t, w^t) or through the
 softmax weights; the LSTM states are *not* stopped (BPTT across the unroll).
 With them, l_s^t depends on the meta-parameters only through d^t:
 
-    ∂l_s^t/∂d^t = −lr · u^t · J_clipᵀ (∇l(x^{t+1}, w^{t+1}) + ∇l(x^t, w^{t+1}))
+    ∂l_s^t/∂d^t = J_clipᵀ (−lr · u^t ⊙ (∇l(x^{t+1}, w^{t+1}) + ∇l(x^t, w^{t+1})))
 
 (w^{t+1} = w^t − lr · u^t · c(d^t) · d^t with u^t the step noise and c the
 clip scale of :func:`hfmeta.meta.mlhf.clip_step`; J_clip is the Jacobian of
@@ -49,9 +49,10 @@ nothing else is kept per step; the BPTT frees each step's cache as it goes.
 resnet-mini, batch 64, T = 10 (``hfmeta bench --model resnet-mini --items unroll``):
 peak 0.83 GiB, of which ~0.5 GiB LSTM caches and 2 × 93 MiB linearizations.
 
-Per step: 3 forward+backward passes (g^t, ∇l(x^t, w^{t+1}), and g^{t+1} which
-is the next step's g^t) and n + 1 + 2n products with A (PCG and its two
-backward passes, one for P with l_p, one for s with l_s).
+Per unroll: 2T + 1 forward+backward passes (g^0, then per step ∇l(x^t, w^{t+1})
+and g^{t+1}, which is the next step's g^t), and per step n + 1 + 2n products
+with A (PCG and its two backward passes, one for P with l_p, one for s with
+l_s; n + 2n on a step without a warm start).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Input preprocessing and output post-processing of the coordinate-wise LSTMs.
 
 Every map here is elementwise (one coordinate at a time) and comes with its
-derivative, so a meta-gradient can flow through it when a mode needs it
-(MLHF stops the gradient at the LSTM inputs, but tests and other modes don't).
+derivative, so a meta-gradient could flow through it: every learned optimizer
+here (MLHF, L2L, SLSTM) treats the LSTM inputs as constants, as its paper
+does, and the input derivatives serve the tests and any mode that would not.
 
 Input preprocessing: a vector ``v`` (n,) becomes k feature columns (n, k) of
 the LSTM input ``x``; ``backward(v, d_feat)`` maps their cotangent (n, k)

@@ -17,7 +17,8 @@ The defaults taken for what they leave open (METHODS.md):
   (:data:`hfmeta.optim.sou.DIAGONALS`; random ones draw from
   ``default_rng([seed, t])``);
 * inputs ``logsign(g)`` (two features, p = 10) and ``log(h)`` (one feature:
-  log(max(h, 0) + e^−p)/p), output × 0.1, as L2L;
+  log(max(h, 0) + e^−p)/p: a negative Hutchinson estimate counts as 0),
+  output × 0.1, as L2L;
 * meta-loss, unroll and meta-training as L2L (gradients and h constants).
 
 **Groups**: one LSTM per layer, named by type and position in the network:

@@ -100,7 +100,7 @@ class HF(Optimizer):
 
 
 class HFLM(HF):
-    """HF(LM): HF with Levenberg–Marquardt damping (``decay`` per step, λ in [low, high])."""
+    """HF(LM): HF with Levenberg–Marquardt damping (``decay`` per step, λ in [damping_min, damping_max])."""
 
     name = "hf-lm"
     # decay 0.99 (a Table 1 value): with 2/3 λ reaches its floor 1e-3 quickly and

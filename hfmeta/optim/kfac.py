@@ -30,8 +30,10 @@ batch norm in train mode the back-propagated ``ds`` of one example also depend
 on the others' (through the batch statistics); K-FAC treats them as
 per-example all the same, the usual approximation.  As
 TensorFlow's ``KfacOptimizer`` (the MLHF baseline): the preconditioned
-gradient u is optionally rescaled so that ``lr² ⟨u, g⟩ ≤ norm_constraint``,
-then ``v ← μ v + u``, ``w ← w − lr · v``.
+gradient u is optionally scaled by ``c = min(1, √(norm_constraint / (lr² ⟨u,
+g⟩)))`` (TensorFlow's clip: the scaled step's ``lr² c ⟨u, g⟩`` is then at most
+``√(norm_constraint · lr² ⟨u, g⟩)``, not ``norm_constraint``), then
+``v ← μ v + c u``, ``w ← w − lr · v``.
 
 State: ``t``, ``v`` (like w) and per K-FAC layer ``A:<path>``, ``G:<path>``,
 ``Ainv:<path>``, ``Ginv:<path>``.
