@@ -4,7 +4,9 @@ Writes ``docs/mlhf_probe.md`` (and prints it)::
 
     python docs/mlhf_probe.py [--meta FILE] [--starts 3] [--out docs/mlhf_probe.md]
     python docs/mlhf_probe.py --model convnet --model-opt width=0.5 --starts 2 \
-        --diagonal-only --out docs/mlhf_probe_convnet.md      # sections 4 and 5 only
+        --diagonal-only --out docs/mlhf_probe_convnet.md      # sections 4 to 6 only
+    python docs/mlhf_probe.py --diagonal-only --damping 0.01 \
+        --out docs/mlhf_probe_s0.01.md                        # at another fixed damping
 
 1. **l_p depends on the damping.**  l_p = (1/T) Σ_t −⟨d, g⟩ / sqrt(⟨d, A d⟩)
    with A = G + diag(s); for the exact solve d = A⁻¹g it equals
@@ -132,11 +134,13 @@ def adam_descent(value_and_grad, x, steps, lr):
     return best, best_x
 
 
-def warm_solves(problem, batches, starts, s_value):
+def warm_solves(problem, batches, starts, s_value, observe=None):
     """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
     P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20,
     the n = 20 solution)]``,
-    features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate."""
+    features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate.
+    ``observe(k, t, apply_A, g, d_0)`` (d_0 None at t = 0), if given, sees every
+    step of unroll k, t = 0 included (a recurrent P's state runs through all)."""
     model, solves = problem.model, []
     for k in range(starts):
         w, batch = held_out_start(model, batches, T, k)
@@ -145,6 +149,8 @@ def warm_solves(problem, batches, starts, s_value):
         for t in range(T):
             s = np.full_like(g, s_value)
             apply_A = (lambda lin_, s_: lambda v: problem.gvp(lin_, v, s_))(lin, s)
+            if observe is not None:
+                observe(k, t, apply_A, g, d)
             result = pcg(apply_A, g, d, None, 4, record=False)
             if d is not None:
                 logs = [np.log(np.abs(v) + 1e-12) for v in
@@ -239,7 +245,10 @@ def main():
                         help="a zoo model option, e.g. width=0.5 (repeatable)")
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--diagonal-only", action="store_true",
-                        help="only sections 4 and 5 (float64; no meta-net evaluation)")
+                        help="only sections 4 to 6 (float64; no meta-net evaluation)")
+    parser.add_argument("--damping", type=float, default=None,
+                        help="the fixed damping s of sections 2 and 4-6 "
+                             "(default softplus(0) + s_min, the untrained RNN_s's)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     model_options = {key: float(value) for key, value in
@@ -252,11 +261,12 @@ def main():
                        + [f"--model {args.model}"] * (args.model != "cnn-small")
                        + [f"--model-opt {option}" for option in args.model_opt]
                        + [f"--starts {args.starts}"] + ["--diagonal-only"] * args.diagonal_only
+                       + [f"--damping {args.damping:g}"] * (args.damping is not None)
                        + [f"--out {os.path.relpath(args.out)}"] * (args.out != DEFAULT_OUT))
     lines = [f"# MLHF probe: what RNN_p can buy ({described} on {args.data}, "
              f"{args.starts} held-out unrolls of T = {T})", "",
              f"Made by `{command}`; see the script's docstring for what is measured."]
-    s_value = math.log(2.0) + S_MIN                       # softplus(0) + s_min
+    s_value = math.log(2.0) + S_MIN if args.damping is None else args.damping
     if not args.diagonal_only:
         lines += meta_net_and_damping_sections(args, model_options, nets, theta1, ds, s_value)
     lines += diagonal_sections(args, model_options, nets.b_mt, ds, s_value)
