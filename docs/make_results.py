@@ -959,10 +959,28 @@ def render_fig4(e):
           "coordinates on `cnn-small`, 82% on `convnet`), following it there widens the gap "
           "(−64%, −224%), and the oracle's log P correlates 0.36 and 0.08 with that ratio: "
           "what the oracle finds is particular to each solve.", "",
+          "What part of it RNN_p itself can learn: trained alone, at the damping where "
+          "RNN_s starts, and scored on the same 27 solves (none of which it trained on; "
+          "[`mlhf_rnn_p_alone.md`](mlhf_rnn_p_alone.md), made by `bash "
+          "docs/mlhf_rnn_p_alone.sh`), RNN_p with the paper's tanh inputs closes 8% of the "
+          "gap after 200 meta-iterations and 18% after 600; with L2L's log/sign inputs "
+          "14%, 29% and 30% after 2400, and a 16-unit RNN_p or a 3 times "
+          "larger meta learning rate reach the same 29%.  A small network fitted directly "
+          "to l_p on half of the solves, with the information RNN_p has (the log "
+          "magnitudes and signs of g, d_0, r_0) and diag G, closes 36% on the other half, "
+          "from magnitudes alone 24% ([`mlhf_rule_probe.md`](mlhf_rule_probe.md)).  So "
+          "RNN_p learns about what a rule of what each coordinate sees can give, a third "
+          "of the gap, and needs its inputs' signs and magnitudes to be legible to do it; "
+          "trained beside RNN_s (configuration (4), log/sign inputs, 600 "
+          "meta-iterations) its P widens the gap at s = 0.69 (−51%), though that RNN_s "
+          "damps each coordinate on its own (its output biases alone give 0.71 to 1.22 "
+          "by kind), so the row "
+          "mixes RNN_p's doing with a damping it was not trained at; the shipped "
+          "`mlhf_paper.h5` (tanh, 100 meta-iterations, both nets) closes none (0%).", "",
           "Longer meta-training on `convnet` itself, on a GPU ([`fig4_gpu.md`](fig4_gpu.md): "
-          "up to 240 meta-iterations per configuration, b_mt = 64): training RNN_p alone "
-          "leaves the held-out l_p where it was, and the configurations' l_p differ by the "
-          "states they are scored at and by their RNN_s.", ""]
+          "up to 240 meta-iterations per configuration, b_mt = 64, tanh inputs): training "
+          "RNN_p alone there left the held-out l_p where it was, and the configurations' "
+          "l_p differ by the states they are scored at and by their RNN_s.", ""]
     return L
 
 
