@@ -124,16 +124,14 @@ class RecurrentP:
 
 
 def fit_and_score(solves, kinds, signed, hidden, seed=0):
+    """Mean l_p of the rule fitted on the even solves: ``{"fit": …, "held-out": …}``."""
     fit, held = solves[0::2], solves[1::2]
     Xs = [features(sv, signed) for sv in solves]
-    stacked = np.concatenate(Xs[0::2])
-    mean, std = np.zeros(stacked.shape[1]), np.ones(stacked.shape[1])
     for rows in kinds:                 # standardise per kind over the fitted solves
         block = np.concatenate([X[rows] for X in Xs[0::2]])
         m, s = block.mean(0), block.std(0) + 1e-12
         for X in Xs:
             X[rows] = (X[rows] - m) / s
-    del mean, std
     rule = Rule(kinds, Xs[0].shape[1], hidden)
 
     def value_and_grad(theta):
