@@ -261,7 +261,7 @@ def main():
                        + [f"--model {args.model}"] * (args.model != "cnn-small")
                        + [f"--model-opt {option}" for option in args.model_opt]
                        + [f"--starts {args.starts}"] + ["--diagonal-only"] * args.diagonal_only
-                       + [f"--damping {args.damping:g}"] * (args.damping is not None)
+                       + ([f"--damping {args.damping:g}"] if args.damping is not None else [])
                        + [f"--out {os.path.relpath(args.out)}"] * (args.out != DEFAULT_OUT))
     lines = [f"# MLHF probe: what RNN_p can buy ({described} on {args.data}, "
              f"{args.starts} held-out unrolls of T = {T})", "",
