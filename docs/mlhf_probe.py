@@ -137,10 +137,10 @@ def adam_descent(value_and_grad, x, steps, lr):
 def warm_solves(problem, batches, starts, s_value, observe=None):
     """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
     P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20,
-    the n = 20 solution)]``,
+    the n = 20 solution, r_0 = g − A d_0)]``,
     features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate.
-    ``observe(k, t, apply_A, g, d_0)`` (d_0 None at t = 0), if given, sees every
-    step of unroll k, t = 0 included (a recurrent P's state runs through all)."""
+    ``observe(k, t, g, d_0, r_0)`` (d_0 None and r_0 = g at t = 0), if given, sees
+    every step of unroll k, t = 0 included (a recurrent P's state runs through all)."""
     model, solves = problem.model, []
     for k in range(starts):
         w, batch = held_out_start(model, batches, T, k)
@@ -149,16 +149,17 @@ def warm_solves(problem, batches, starts, s_value, observe=None):
         for t in range(T):
             s = np.full_like(g, s_value)
             apply_A = (lambda lin_, s_: lambda v: problem.gvp(lin_, v, s_))(lin, s)
+            r0 = g if d is None else g - apply_A(d)        # one product, shared below
             if observe is not None:
-                observe(k, t, apply_A, g, d)
-            result = pcg(apply_A, g, d, None, 4, record=False)
+                observe(k, t, g, d, r0)
+            result = pcg(apply_A, g, d, None, 4, record=False, r0=r0)
             if d is not None:
                 logs = [np.log(np.abs(v) + 1e-12) for v in
-                        (g, d, g - apply_A(d), exact_diag_ggn(lin, problem.loss_fn))]
+                        (g, d, r0, exact_diag_ggn(lin, problem.loss_fn))]
                 features = np.stack([np.ones_like(g)] + logs, axis=1)
-                exact = pcg(apply_A, g, d, None, 20, record=False)
+                exact = pcg(apply_A, g, d, None, 20, record=False, r0=r0)
                 solves.append((apply_A, g, d, features, l_p_term(result.x, g, result.r)[0],
-                               l_p_term(exact.x, g, exact.r)[0], exact.x))
+                               l_p_term(exact.x, g, exact.r)[0], exact.x, r0))
             d = result.x
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]
@@ -169,7 +170,7 @@ def l_p_with_log_p(solve, q, grad=False):
     """l_p of ``solve`` with P = exp(q), n = 4, and (``grad``) ∂l_p/∂q."""
     apply_A, g, d0 = solve[:3]
     P = np.exp(q)
-    result = pcg(apply_A, g, d0, P, 4, record=grad)
+    result = pcg(apply_A, g, d0, P, 4, record=grad, r0=solve[7])
     l_p, d_bar, r_bar = l_p_term(result.x, g, result.r)
     if not grad:
         return l_p, None
@@ -415,8 +416,8 @@ def diagonal_sections(args, model_options, b_mt, ds, s_value):
 def solution_ratio_preconditioners(solve):
     """Section 6: (P = r_0 ⊘ e where positive else ≈ ∞, P = |r_0 ⊘ e|, log|r_0 ⊘ e|,
     share of r_0,i e_i > 0) with e = x_20 − d_0, the n = 20 solve's correction."""
-    apply_A, g, d0 = solve[:3]
-    r0, e = g - apply_A(d0), solve[6] - d0
+    d0, r0 = solve[2], solve[7]
+    e = solve[6] - d0
     same_sign = r0 * e > 0
     ratio = np.abs(r0) / np.maximum(np.abs(e), 1e-300)
     ratio = np.where(ratio > 0, ratio, ratio[ratio > 0].min())       # r_0,i = 0: any P

@@ -45,8 +45,7 @@ RULE_STEPS = 300
 
 def features(solve, signed):
     """Per-coordinate features (N, F) of one solve (see the module docstring)."""
-    apply_A, g, d0 = solve[:3]
-    r0 = g - apply_A(d0)
+    g, d0, r0 = solve[1], solve[2], solve[7]
     logs = solve[3][:, 1:]                                 # log|g|, log|d_0|, log|r_0|, log diag G
     if not signed:
         return logs
@@ -107,11 +106,10 @@ class RecurrentP:
         self.rows = self.nets.rows(layout)
         self.P, self.state = {}, None
 
-    def observe(self, k, t, apply_A, g, d0):
+    def observe(self, k, t, g, d0, r0):
         if t == 0:
             self.state = self.nets.rnn_p.zero_state(self.rows, np, np.float64)
         x0 = np.zeros_like(g) if d0 is None else d0
-        r0 = g if d0 is None else g - apply_A(d0)
         x = build_inputs(self.nets.preprocess, (g, x0, r0))
         out, self.state, _ = self.nets.rnn_p.step(self.theta_p, self.state, x, self.rows,
                                                   keep_cache=False)
@@ -182,6 +180,11 @@ def main():
     def closed(value, group):
         return (mean(group, 4) - value) / (mean(group, 4) - mean(group, 5))
 
+    def row(label, name, group, value):
+        lines.append(f"| {label} | {name} {len(group)} | {value:+.4f} | {mean(group, 4):+.4f} | "
+                     f"{mean(group, 5):+.4f} | {closed(value, group):.0%} |")
+        print(lines[-1], flush=True)
+
     title = "Meta-trained RNN_p's P" if args.skip_rules else "A nonlinear local rule for P"
     lines = [f"# {title} ({args.model} on {args.data}, batch {args.batch}, "
              f"s = {args.damping:.4g}, {args.starts} held-out unrolls of T = {T})", "",
@@ -197,18 +200,12 @@ def main():
     for rnn in recurrent:
         values = rnn.l_p(solves)
         for name, group, vals in (("all", solves, values), ("odd", solves[1::2], values[1::2])):
-            lines.append(f"| RNN_p of {os.path.relpath(rnn.path)} | {name} {len(group)} | "
-                         f"{np.mean(vals):+.4f} | {mean(group, 4):+.4f} | {mean(group, 5):+.4f} | "
-                         f"{closed(np.mean(vals), group):.0%} |")
-            print(lines[-1], flush=True)
+            row(f"RNN_p of {os.path.relpath(rnn.path)}", name, group, float(np.mean(vals)))
     for signed in (False, True) if not args.skip_rules else ():
         scores = fit_and_score(solves, kinds, signed, args.hidden)
         for name, group in (("fit", solves[0::2]), ("held-out", solves[1::2])):
-            lines.append(f"| rule of {'signed features' if signed else 'magnitudes'} | "
-                         f"{name} {len(group)} | "
-                         f"{scores[name]:+.4f} | {mean(group, 4):+.4f} | {mean(group, 5):+.4f} | "
-                         f"{closed(scores[name], group):.0%} |")
-            print(lines[-1], flush=True)
+            row(f"rule of {'signed features' if signed else 'magnitudes'}", name, group,
+                scores[name])
     lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
     if args.out:
         with open(args.out, "w") as f:

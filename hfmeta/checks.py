@@ -152,6 +152,7 @@ def check_representable(owner: str | None, values: dict, ranges: dict, dtype) ->
     """
     info = np.finfo(dtype)
     largest, smallest = float(info.max), float(info.smallest_subnormal)
+    prefix = f"{owner}: " if owner else ""
     for name, allowed in ranges.items():
         if name not in values or not isinstance(allowed, Range) or allowed.whole:
             continue
@@ -159,7 +160,6 @@ def check_representable(owner: str | None, values: dict, ranges: dict, dtype) ->
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v == 0:
                 continue
-            prefix = f"{owner}: " if owner else ""
             if abs(v) > largest:
                 raise UserError(f"{prefix}{name}={v:g} overflows {info.dtype} (largest "
                                 f"{largest:.3g}); use a smaller value or --dtype float64")
