@@ -128,6 +128,18 @@ def test_values_beyond_the_dtype_are_refused_only_there():
         check_representable("sgd", {"lr": -1e-46}, ranges, "float32")
 
 
+@pytest.mark.parametrize("method, option, fragment", [
+    ("mlhf", "meta_lr=1e39", "mlhf meta-training: meta_lr=1e+39 overflows float32"),
+    ("l2l", "l2=1e-50", "l2l meta-training: l2=1e-50 is 0 in float32"),    # was l2 = 0, silently
+    ("slstm", "scale=1e-50", "slstm meta-training: scale=1e-50 is 0 in float32"),  # an LSTM hparam
+])
+def test_meta_train_refuses_values_float32_cannot_hold(tmp_path, method, option, fragment):
+    r = invoke("-q", "meta-train", "-m", method, "--model", "mlp", "-b", "8", "-n", "1",
+               "--opt", "T=2", "--opt", option, "--out", str(tmp_path / "m.h5"))
+    one_line(r, fragment)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_float64_run_takes_what_float32_refuses(tmp_path):
     r = invoke("-q", "--dtype", "float64", "train", "--model", "mlp", "--model-opt", "hidden=[4]",
                "-o", "rmsprop", "--hp", "ms_init=1e300", "--steps", "1", "-b", "8",

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Range,
-                      check_options, optional)
+                      check_options, check_representable, optional)
 from ..errors import UserError
 from ..optim.base import Optimizer
 from .bank import LSTMBank
@@ -173,12 +173,15 @@ class MetaTrainer:
               "store_every": COUNT, "seed": NATURAL}
 
     def __init__(self, problem, batches, **options):
-        check_options(f"{self.optimizer_cls.name} meta-training", options, self.ranges)
+        owner = f"{self.optimizer_cls.name} meta-training"
+        check_options(owner, options, self.ranges)
+        check_representable(owner, options, self.ranges, problem.model.dtype)
         self.options = {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
         hparams = {k: v for k, v in options.items() if k not in self.defaults}
         self.problem, self.batches = problem, iter(batches)
         model = problem.model
         self.opt = self.optimizer_cls(model, seed=self.options["seed"], **hparams)
+        check_representable(owner, self.opt.hparams, self.opt.ranges, model.dtype)
         if self.opt.hparams.get("joint"):
             raise UserError("MetaTrainer meta-trains offline; joint=True belongs to training runs")
         self.theta = self.opt.theta

@@ -65,7 +65,7 @@ import numpy as np
 
 from .. import backend
 from ..checks import (COUNT, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SIZES, Choice, Range,
-                      check_options, optional)
+                      check_options, check_representable, optional)
 from ..errors import UserError
 from ..layers.base import lean_caches
 from .common import MetaAdam, ReplayBuffer, draws_state, restore_draws
@@ -351,6 +351,7 @@ class MetaTrainer:
                  seed=0):
         options = {k: v for k, v in locals().items() if k not in ("self", "problem", "batches")}
         check_options("mlhf meta-training", options, TRAINER_RANGES)
+        check_representable("mlhf meta-training", options, TRAINER_RANGES, problem.model.dtype)
         defaults = inspect.signature(MetaTrainer.__init__).parameters
         unused = [k for k, objectives in APPLIES_TO.items()
                   if options[k] != defaults[k].default and objective not in objectives]
