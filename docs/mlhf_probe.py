@@ -134,20 +134,23 @@ def adam_descent(value_and_grad, x, steps, lr):
     return best, best_x
 
 
-def warm_solves(problem, batches, starts, s_value, observe=None):
+def warm_solves(problem, batches, starts, damping, observe=None):
     """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
     P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20,
     the n = 20 solution, r_0 = g − A d_0)]``,
     features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate.
+    ``damping`` is a constant s, or ``damping(k, t, g, d_prev, r_prev) -> s (N,)``
+    called at every step (d_prev, r_prev: the previous solve's x_n and r_n, None
+    at t = 0), as RNN_s is in MLHF.
     ``observe(k, t, g, d_0, r_0)`` (d_0 None and r_0 = g at t = 0), if given, sees
     every step of unroll k, t = 0 included (a recurrent P's state runs through all)."""
     model, solves = problem.model, []
     for k in range(starts):
         w, batch = held_out_start(model, batches, T, k)
-        d = None
+        d = r_prev = None
         g, lin = problem.loss_and_grad(w, batch[0])[1:]
         for t in range(T):
-            s = np.full_like(g, s_value)
+            s = damping(k, t, g, d, r_prev) if callable(damping) else np.full_like(g, damping)
             apply_A = (lambda lin_, s_: lambda v: problem.gvp(lin_, v, s_))(lin, s)
             r0 = g if d is None else g - apply_A(d)        # one product, shared below
             if observe is not None:
@@ -160,7 +163,7 @@ def warm_solves(problem, batches, starts, s_value, observe=None):
                 exact = pcg(apply_A, g, d, None, 20, record=False, r0=r0)
                 solves.append((apply_A, g, d, features, l_p_term(result.x, g, result.r)[0],
                                l_p_term(exact.x, g, exact.r)[0], exact.x, r0))
-            d = result.x
+            d, r_prev = result.x, result.r
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]
     return solves

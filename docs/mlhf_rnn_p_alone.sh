@@ -10,7 +10,8 @@
 # buffer and the target net under way start afresh at a resume, so a chain is not
 # bit for bit an uninterrupted run of the same length).  The snapshots the table
 # scores are copies of the file at the end of a link of the chain.
-# Writes docs/mlhf_rnn_p_*.h5 (+ .jsonl logs) and docs/mlhf_rnn_p_alone.md.
+# Writes docs/mlhf_rnn_p_*.h5 (+ .jsonl logs), docs/mlhf_rnn_p_alone.md and
+# docs/mlhf_rnn_p_own_damping.md.
 set -eu
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -41,4 +42,8 @@ python docs/mlhf_rule_probe.py --starts 3 --skip-rules \
     $(for f in tanh_200 tanh_600 logsign_200 logsign_600 logsign_2400 logsign_lr0.03_1500 \
                logsign_h16_lr0.03_600 logsign_both_600; do echo --meta docs/mlhf_rnn_p_$f.h5; done) \
     --meta hfmeta/meta/shipped/mlhf_paper.h5 --out docs/mlhf_rnn_p_alone.md
+# the jointly trained RNN_p again, now at the damping of the RNN_s it was trained beside
+python docs/mlhf_rule_probe.py --starts 3 --skip-rules \
+    --damping-from docs/mlhf_rnn_p_logsign_both_600.h5 \
+    --meta docs/mlhf_rnn_p_logsign_both_600.h5 --out docs/mlhf_rnn_p_own_damping.md
 rm -rf "$work"

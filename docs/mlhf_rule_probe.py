@@ -16,10 +16,14 @@ Features are standardised per kind over the fitted solves.
 ``--meta FILE`` (repeatable) scores meta-trained RNN_p's on the same solves: each
 runs along the unrolls (its LSTM state carried from t = 0, inputs as in MLHF) and
 its P^t is used at n = 4 -- what meta-training found, beside what a fitted rule can
-reach.  Writes a markdown table::
+reach.  ``--damping-from FILE`` damps every step with the RNN_s of an MLHF meta
+file (along the unrolls, as in MLHF) instead of the constant ``--damping``: the
+n = 4 and n = 20 baselines and every P are then scored at that damping, so an
+RNN_p trained beside that RNN_s is scored at the damping it was trained with.
+Writes a markdown table::
 
-    python docs/mlhf_rule_probe.py [--damping S] [--starts 3] [--hidden 32] \
-        [--meta FILE ...] [--skip-rules] [--out FILE]
+    python docs/mlhf_rule_probe.py [--damping S | --damping-from FILE] [--starts 3] \
+        [--hidden 32] [--meta FILE ...] [--skip-rules] [--out FILE]
 """
 from __future__ import annotations
 
@@ -121,6 +125,31 @@ class RecurrentP:
                 for i, sv in enumerate(solves)]
 
 
+class RecurrentDamping:
+    """s^t of a meta-trained RNN_s along the probe's unrolls (the ``damping`` of
+    :func:`mlhf_probe.warm_solves`), inputs (g, d_prev, r_prev) as in MLHF, its
+    LSTM state carried from t = 0."""
+
+    def __init__(self, path, layout):
+        self.path = path
+        self.nets, theta, _, _ = MLHFNets.load(path, np, np.float64)
+        if self.nets.loss_input:
+            raise SystemExit(f"{path}: an RNN_s with the loss input is not supported here")
+        self.theta_s = self.nets.split(theta)[0]
+        self.rows = self.nets.rows(layout)
+        self.state = None
+
+    def __call__(self, k, t, g, d_prev, r_prev):
+        if t == 0:
+            self.state = self.nets.rnn_s.zero_state(self.rows, np, np.float64)
+        zeros = np.zeros_like(g)
+        x = build_inputs(self.nets.preprocess_s, (g, zeros if d_prev is None else d_prev,
+                                                  zeros if r_prev is None else r_prev))
+        out, self.state, _ = self.nets.rnn_s.step(self.theta_s, self.state, x, self.rows,
+                                                  keep_cache=False)
+        return SOFTPLUS.forward(out[:, 0]) + self.nets.s_min
+
+
 def fit_and_score(solves, kinds, signed, hidden, seed=0):
     """Mean l_p of the rule fitted on the even solves: ``{"fit": …, "held-out": …}``."""
     fit, held = solves[0::2], solves[1::2]
@@ -155,6 +184,8 @@ def main():
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--damping", type=float, default=math.log(2.0) + S_MIN)
+    parser.add_argument("--damping-from", default=None, metavar="FILE",
+                        help="damp with the RNN_s of this MLHF meta file instead of --damping")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--meta", action="append", default=[], metavar="FILE",
                         help="an MLHF meta file whose RNN_p to score (repeatable)")
@@ -171,7 +202,15 @@ def main():
     def observe(*step):
         for rnn in recurrent:
             rnn.observe(*step)
-    solves = warm_solves(problem, batches, args.starts, args.damping, observe)
+    damping = args.damping
+    if args.damping_from:
+        damping = RecurrentDamping(args.damping_from, model.layout)
+        damping_text = f"s from the RNN_s of {os.path.relpath(args.damping_from)}"
+        damping_option = f"--damping-from {os.path.relpath(args.damping_from)}"
+    else:
+        damping_text = f"s = {args.damping:.4g}"
+        damping_option = f"--damping {args.damping:.4g}"
+    solves = warm_solves(problem, batches, args.starts, damping, observe)
     kinds = [model.layout.kind_slice(k) for k in model.layout.kinds]
 
     def mean(group, i):
@@ -187,8 +226,8 @@ def main():
 
     title = "Meta-trained RNN_p's P" if args.skip_rules else "A nonlinear local rule for P"
     lines = [f"# {title} ({args.model} on {args.data}, batch {args.batch}, "
-             f"s = {args.damping:.4g}, {args.starts} held-out unrolls of T = {T})", "",
-             f"Made by `python docs/mlhf_rule_probe.py --damping {args.damping:.4g} --starts "
+             f"{damping_text}, {args.starts} held-out unrolls of T = {T})", "",
+             f"Made by `python docs/mlhf_rule_probe.py {damping_option} --starts "
              f"{args.starts} --hidden {args.hidden}"
              + "".join(f" --meta {os.path.relpath(path)}" for path in args.meta)
              + " --skip-rules" * args.skip_rules + f"`; {len(solves)} warm-started solves"
