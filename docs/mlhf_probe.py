@@ -137,7 +137,7 @@ def adam_descent(value_and_grad, x, steps, lr):
 def warm_solves(problem, batches, starts, damping, observe=None):
     """Every warm-started solve (t = 1..T−1) of the held-out unrolls driven by
     P = I, n = 4: ``[(apply_A, g, d_0, features (N, 5), l_p with P = I, l_p with n = 20,
-    the n = 20 solution, r_0 = g − A d_0)]``,
+    the n = 20 solution, r_0 = g − A d_0, the damping s)]``,
     features = (1, log|g|, log|d_0|, log|r_0|, log diag G) per coordinate.
     ``damping`` is a constant s, or ``damping(k, t, g, d_prev, r_prev) -> s (N,)``
     called at every step (d_prev, r_prev: the previous solve's x_n and r_n, None
@@ -162,7 +162,7 @@ def warm_solves(problem, batches, starts, damping, observe=None):
                 features = np.stack([np.ones_like(g)] + logs, axis=1)
                 exact = pcg(apply_A, g, d, None, 20, record=False, r0=r0)
                 solves.append((apply_A, g, d, features, l_p_term(result.x, g, result.r)[0],
-                               l_p_term(exact.x, g, exact.r)[0], exact.x, r0))
+                               l_p_term(exact.x, g, exact.r)[0], exact.x, r0, s))
             d, r_prev = result.x, result.r
             w = w - clip_step(d, w, 1.0, STEP_CLIP) * d
             g, lin = problem.loss_and_grad(w, batch[t + 1])[1:]

@@ -42,8 +42,9 @@ python docs/mlhf_rule_probe.py --starts 3 --skip-rules \
     $(for f in tanh_200 tanh_600 logsign_200 logsign_600 logsign_2400 logsign_lr0.03_1500 \
                logsign_h16_lr0.03_600 logsign_both_600; do echo --meta docs/mlhf_rnn_p_$f.h5; done) \
     --meta hfmeta/meta/shipped/mlhf_paper.h5 --out docs/mlhf_rnn_p_alone.md
-# the jointly trained RNN_p again, now at the damping of the RNN_s it was trained beside
-python docs/mlhf_rule_probe.py --starts 3 --skip-rules \
+# the jointly trained RNN_p again, now at the damping of the RNN_s it was trained beside,
+# with the Jacobi preconditioner, P = s and one fitted P scale per kind at that damping
+python docs/mlhf_rule_probe.py --starts 3 --skip-rules --jacobi --kind-scales \
     --damping-from docs/mlhf_rnn_p_logsign_both_600.h5 \
     --meta docs/mlhf_rnn_p_logsign_both_600.h5 --out docs/mlhf_rnn_p_own_damping.md
 rm -rf "$work"

@@ -20,10 +20,14 @@ reach.  ``--damping-from FILE`` damps every step with the RNN_s of an MLHF meta
 file (along the unrolls, as in MLHF) instead of the constant ``--damping``: the
 n = 4 and n = 20 baselines and every P are then scored at that damping, so an
 RNN_p trained beside that RNN_s is scored at the damping it was trained with.
+``--jacobi`` scores P = diag G + s (the exact GGN diagonal) and P = s.
+``--kind-scales`` adds one P scale per parameter kind fitted on the even solves
+(no feature at all): how much of an RNN_p's gain a kind-wise constant gives.
 Writes a markdown table::
 
     python docs/mlhf_rule_probe.py [--damping S | --damping-from FILE] [--starts 3] \
-        [--hidden 32] [--meta FILE ...] [--skip-rules] [--out FILE]
+        [--hidden 32] [--meta FILE ...] [--skip-rules] [--jacobi] [--kind-scales] \
+        [--out FILE]
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mlhf_probe import T, adam_descent, l_p_with_log_p, warm_solves  # noqa: E402
+from mlhf_probe import (T, adam_descent, fit_local_rule, l_p_with_log_p,  # noqa: E402
+                        local_rule_log_p, warm_solves)
 
 from hfmeta.data import open_dataset  # noqa: E402
 from hfmeta.meta.mlhf import S_MIN, SOFTPLUS, MLHFNets  # noqa: E402
@@ -177,6 +182,16 @@ def fit_and_score(solves, kinds, signed, hidden, seed=0):
             for name, group, Xg in (("fit", fit, Xs[0::2]), ("held-out", held, Xs[1::2]))}
 
 
+def fit_kind_scales(solves, kinds):
+    """Mean l_p of one P scale per parameter kind (a rule of no feature), fitted on
+    the even solves: ``{"fit": …, "held-out": …}``."""
+    constant = [sv[:3] + (np.ones((sv[1].size, 1)),) + sv[4:] for sv in solves]
+    beta = fit_local_rule(constant[0::2], kinds, RULE_STEPS, 0.05)
+    return {name: float(np.mean([l_p_with_log_p(sv, local_rule_log_p(beta, sv[3], kinds))[0]
+                                 for sv in group]))
+            for name, group in (("fit", constant[0::2]), ("held-out", constant[1::2]))}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn-small")
@@ -190,6 +205,10 @@ def main():
     parser.add_argument("--meta", action="append", default=[], metavar="FILE",
                         help="an MLHF meta file whose RNN_p to score (repeatable)")
     parser.add_argument("--skip-rules", action="store_true", help="score --meta files only")
+    parser.add_argument("--kind-scales", action="store_true",
+                        help="also fit one P scale per parameter kind (with --skip-rules too)")
+    parser.add_argument("--jacobi", action="store_true",
+                        help="also score P = diag G + s (Jacobi) and P = s (the damping alone)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -230,7 +249,9 @@ def main():
              f"Made by `python docs/mlhf_rule_probe.py {damping_option} --starts "
              f"{args.starts} --hidden {args.hidden}"
              + "".join(f" --meta {os.path.relpath(path)}" for path in args.meta)
-             + " --skip-rules" * args.skip_rules + f"`; {len(solves)} warm-started solves"
+             + " --skip-rules" * args.skip_rules + " --jacobi" * args.jacobi
+             + " --kind-scales" * args.kind_scales
+             + f"`; {len(solves)} warm-started solves"
              + (f", rules fitted ({RULE_STEPS} Adam steps) on the even ones" if not args.skip_rules
                 else "; 'odd': the solves a rule would be scored on")
              + ".", "",
@@ -240,6 +261,17 @@ def main():
         values = rnn.l_p(solves)
         for name, group, vals in (("all", solves, values), ("odd", solves[1::2], values[1::2])):
             row(f"RNN_p of {os.path.relpath(rnn.path)}", name, group, float(np.mean(vals)))
+    if args.jacobi:     # features[:, 4] = log(diag G + 1e-12), solve[8] = s
+        for label, log_p in (("Jacobi, P = diag G + s",
+                              lambda sv: np.log(np.exp(sv[3][:, 4]) + sv[8])),
+                             ("the damping alone, P = s", lambda sv: np.log(sv[8]))):
+            values = [l_p_with_log_p(sv, log_p(sv))[0] for sv in solves]
+            for name, group, vals in (("all", solves, values), ("odd", solves[1::2], values[1::2])):
+                row(label, name, group, float(np.mean(vals)))
+    if args.kind_scales:
+        scores = fit_kind_scales(solves, kinds)
+        for name, group in (("fit", solves[0::2]), ("held-out", solves[1::2])):
+            row("one scale per kind", name, group, scores[name])
     for signed in (False, True) if not args.skip_rules else ():
         scores = fit_and_score(solves, kinds, signed, args.hidden)
         for name, group in (("fit", solves[0::2]), ("held-out", solves[1::2])):
