@@ -94,10 +94,12 @@ def score(nets, theta, problem, unrolls, rows, baselines=False):
 
 
 def meta_log(path):
-    """(meta-iterations, wall seconds) of a meta-training log."""
+    """(meta-iterations, wall seconds, {iteration: held-out validation}) of a
+    meta-training log."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     steps = [r for r in rows if "wall" in r]
-    return len(steps), sum(r["wall"] for r in steps)
+    validations = {r["iteration"]: r["validation"] for r in rows if "validation" in r}
+    return len(steps), sum(r["wall"] for r in steps), validations
 
 
 def main():
@@ -121,7 +123,8 @@ def main():
              f"Made by `python docs/mlhf_fig4_long.py --starts {args.starts}"
              + (f" --seed {args.seed}" if args.seed else "")
              + (f" --configs {args.configs}" if args.configs != ",".join(CONFIGS) else "")
-             + (f" --files {os.path.relpath(args.files)}" if args.files != FILES else "")
+             + (f" --files {os.path.relpath(args.files)}" if os.path.abspath(args.files) != FILES
+               else "")
              + "` from the meta files of `bash docs/mlhf_fig4_long.sh` (cnn-small on mnist5k, "
              "b_mt = 128, T = 10, meta lr 0.01, log/sign inputs, both meta-nets trained, "
              f"seed {args.seed}, float32).  "
@@ -132,6 +135,7 @@ def main():
              "‖r_n‖ untrained → trained | at the trained RNN_s's damping: l_p with P = I, "
              "n = 2 / 4 / 20 | RNN_p's share of the gap from P = I to n = 20 there |",
              "|---|---|---|---|---|---|"]
+    along, along_heads = [], []
     for name in args.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"--configs: {name!r} is not one of {', '.join(CONFIGS)}")
@@ -141,7 +145,11 @@ def main():
         start = nets.init(args.seed, np, np.float32).astype(np.float64)
         before = score(nets, start, problem, unrolls, rows)["own"]
         after = score(nets, theta, problem, unrolls, rows, baselines=True)
-        iterations, wall = meta_log(os.path.splitext(path)[0] + ".jsonl")
+        iterations, wall, validations = meta_log(os.path.splitext(path)[0] + ".jsonl")
+        along.append(f"| {label} | " + " | ".join(
+            f"{v['l_p']:+.4f} ({v['residual']:.4f})" for _, v in sorted(validations.items()))
+            + " |")
+        along_heads = [str(k) for k in sorted(validations)]
         own, plain, full = after["own"], after[nets.n], after[20]
         closed = (f"{(plain[0] - own[0]) / (plain[0] - full[0]):.0%} (n = {nets.n})"
                   if nets.use_rnn_p else "–")
@@ -149,6 +157,12 @@ def main():
                      f"{before[1]:.4f} → {own[1]:.4f} | "
                      + " / ".join(f"{after[n][0]:+.4f}" for n in BASELINES) + f" | {closed} |")
         print(lines[-1], flush=True)
+    lines += ["", "`meta-train`'s own held-out evaluations along meta-training "
+              "(`MetaTrainer.evaluate`: each configuration at the states its untrained "
+              "meta-nets visit, so not the same states across rows), l_p (‖r_n‖) at "
+              "meta-iteration:", "",
+              "| configuration | " + " | ".join(along_heads) + " |",
+              "|---|" + "---|" * len(along_heads)] + along
     lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (one core)."]
     text = "\n".join(lines) + "\n"
     if args.out:
