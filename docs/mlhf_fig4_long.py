@@ -2,8 +2,9 @@
 
 ::
 
-    bash docs/mlhf_fig4_long.sh          # meta-trains the four (about 2.5 h on two cores)
-    python docs/mlhf_fig4_long.py [--starts 3] [--out docs/mlhf_fig4_long.md]
+    bash docs/mlhf_fig4_long.sh          # meta-trains the four (about 1.2 h on two cores)
+    python docs/mlhf_fig4_long.py [--starts 3] [--seed S] [--configs config1,...] \
+        [--files docs/mlhf_fig4_long_{}.h5] [--out docs/mlhf_fig4_long.md]
 
 The paper compares l_p and the mean ‖r_n‖ of its four configurations along
 meta-training, where each run visits its own target-net states; l_p ≈
@@ -20,7 +21,7 @@ all four and only the solver differs, damping included, as in the paper.
 
 For each configuration the table gives, over all T·starts steps (float64):
 l_p = mean of −⟨d_n, g⟩/sqrt(⟨d_n, A d_n⟩) and the mean ‖r_n‖, with the
-meta-nets at initialisation (seed 0, as ``meta-train`` starts) and after
+meta-nets at initialisation (``--seed``, as ``meta-train`` starts them) and after
 meta-training (``docs/mlhf_fig4_long_config*.h5``); and, at the trained RNN_s's
 damping, PCG with P = I at n = 2, 4 and 20 (each warm-started from its own
 previous solution), so the share of the gap from P = I to n = 20 that RNN_p
@@ -72,10 +73,10 @@ def score(nets, theta, problem, unrolls, rows, baselines=False):
     """Mean l_p and ‖r_n‖ of the configuration's own solver along ``unrolls``; with
     ``baselines`` also those of P = I with n in :data:`BASELINES` at its RNN_s's
     damping, each warm-started from its own previous solution (keys "own", 2, 4, 20)."""
-    sums = {}
+    per_step = {}      # name -> [(l_p term, ‖r_n‖) of each step]
 
     def add(name, d, g, r):
-        sums.setdefault(name, []).append((l_p_term(d, g, r)[0], float(np.linalg.norm(r))))
+        per_step.setdefault(name, []).append((l_p_term(d, g, r)[0], float(np.linalg.norm(r))))
 
     for states_k in unrolls:
         lstm = nets.zero_states(rows, np, np.float64)
@@ -90,7 +91,8 @@ def score(nets, theta, problem, unrolls, rows, baselines=False):
                     base = pcg(dirn.apply_A, g, x0, None, name)
                     add(name, base.x, g, base.r)
                     chains[name] = base.x
-    return {name: tuple(float(v) for v in np.mean(values, axis=0)) for name, values in sums.items()}
+    return {name: tuple(float(v) for v in np.mean(values, axis=0))
+            for name, values in per_step.items()}
 
 
 def meta_log(path):
